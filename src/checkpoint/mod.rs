@@ -302,24 +302,109 @@ pub fn is_deprecated_buffer(key: &str) -> bool {
         || (key.starts_with("blocks.") && key.ends_with(".attn_mask"))
 }
 
+/// A named f32 tensor in row-major order, as written to a checkpoint.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NamedTensor {
+    pub key: String,
+    pub shape: Vec<usize>,
+    pub values: Vec<f32>,
+}
+
+/// Write tensors as a float32 safetensors file with the given keys.
+pub fn write_safetensors(path: &Path, tensors: &[NamedTensor]) -> Result<(), std::io::Error> {
+    let bytes: Vec<Vec<u8>> = tensors
+        .iter()
+        .map(|t| t.values.iter().flat_map(|v| v.to_le_bytes()).collect())
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
+        .iter()
+        .zip(&bytes)
+        .map(|(t, b)| {
+            let view = safetensors::tensor::TensorView::new(SafeDtype::F32, t.shape.clone(), b)
+                .expect("the byte length matches the shape by construction");
+            (t.key.clone(), view)
+        })
+        .collect();
+    safetensors::serialize_to_file(views, None, path).map_err(std::io::Error::other)
+}
+
+/// Random weights following the recipe of the golden vectors (../shared/golden/README.md),
+/// which keeps the flows non-trivial and sampling bounded: LayerNorm 1 + 0.1 N and 0.1 N,
+/// RMSNorm 0.2 N, Linear N / sqrt(fan_in) (proj_out scaled by `proj_out_factor`), biases
+/// 0.05 N, start tokens N, learned positions 0.1 N, class embeddings 0.5 N.
+pub struct RandomWeights {
+    rng: rand_chacha::ChaCha8Rng,
+    pub proj_out_factor: f32,
+    produced: Vec<NamedTensor>,
+}
+
+impl RandomWeights {
+    pub fn new(seed: u64, proj_out_factor: f32) -> Self {
+        use rand::SeedableRng;
+        Self { rng: rand_chacha::ChaCha8Rng::seed_from_u64(seed), proj_out_factor, produced: Vec::new() }
+    }
+
+    fn draw(&mut self, key: &str, shape: &[usize]) -> Vec<f32> {
+        use rand_distr::{Distribution, StandardNormal};
+        let count: usize = shape.iter().product();
+        let last = key.rsplit('.').next().unwrap_or(key);
+        let (mean, std) = if key.ends_with("final_norm.weight") {
+            (0.0, 0.2)
+        } else if key.ends_with("norm.weight") {
+            (1.0, 0.1)
+        } else if key.ends_with("norm.bias") {
+            (0.0, 0.1)
+        } else if last == "bias" {
+            (0.0, 0.05)
+        } else if last == "sos_embed" {
+            (0.0, 1.0)
+        } else if last == "pos_embed" {
+            (0.0, 0.1)
+        } else if last == "class_embed" {
+            (0.0, 0.5)
+        } else {
+            let fan_in = *shape.last().unwrap_or(&1) as f32;
+            let factor = if key.ends_with("proj_out.weight") { self.proj_out_factor } else { 1.0 };
+            (0.0, factor / fan_in.sqrt())
+        };
+        (0..count)
+            .map(|_| {
+                let n: f32 = StandardNormal.sample(&mut self.rng);
+                mean + std * n
+            })
+            .collect()
+    }
+
+    /// Everything drawn so far, in drawing order.
+    pub fn into_tensors(self) -> Vec<NamedTensor> {
+        self.produced
+    }
+}
+
+enum LoaderSource<'a> {
+    File(&'a TensorFile),
+    Random(&'a mut RandomWeights),
+}
+
 /// Hands out a checkpoint's tensors by key with shape checks, and keeps track of what was used.
 pub struct WeightLoader<'a> {
-    file: &'a TensorFile,
+    source: LoaderSource<'a>,
     device: Device,
     used: BTreeSet<String>,
 }
 
 impl<'a> WeightLoader<'a> {
     pub fn new(file: &'a TensorFile, device: &Device) -> Self {
-        Self { file, device: device.clone(), used: BTreeSet::new() }
+        Self { source: LoaderSource::File(file), device: device.clone(), used: BTreeSet::new() }
+    }
+
+    /// A loader that invents every tensor it is asked for (tiny test and benchmark models).
+    pub fn random(weights: &'a mut RandomWeights, device: &Device) -> Self {
+        Self { source: LoaderSource::Random(weights), device: device.clone(), used: BTreeSet::new() }
     }
 
     pub fn device(&self) -> &Device {
         &self.device
-    }
-
-    pub fn contains(&self, key: &str) -> bool {
-        self.file.contains(key)
     }
 
     /// The tensor `key`, which must have exactly `shape`.
@@ -328,20 +413,29 @@ impl<'a> WeightLoader<'a> {
         key: &str,
         shape: [usize; D],
     ) -> Result<Tensor<D>, CheckpointError> {
-        let found = self.file.shape(key).ok_or_else(|| CheckpointError::Missing {
-            path: self.file.path.clone(),
-            key: key.to_string(),
-            expected: shape.to_vec(),
-        })?;
-        if found != shape.as_slice() {
-            return Err(CheckpointError::Shape {
-                path: self.file.path.clone(),
-                key: key.to_string(),
-                expected: shape.to_vec(),
-                found: found.to_vec(),
-            });
-        }
-        let values = self.file.read_f32(key)?;
+        let values = match &mut self.source {
+            LoaderSource::File(file) => {
+                let found = file.shape(key).ok_or_else(|| CheckpointError::Missing {
+                    path: file.path.clone(),
+                    key: key.to_string(),
+                    expected: shape.to_vec(),
+                })?;
+                if found != shape.as_slice() {
+                    return Err(CheckpointError::Shape {
+                        path: file.path.clone(),
+                        key: key.to_string(),
+                        expected: shape.to_vec(),
+                        found: found.to_vec(),
+                    });
+                }
+                file.read_f32(key)?
+            }
+            LoaderSource::Random(random) => {
+                let values = random.draw(key, &shape);
+                random.produced.push(NamedTensor { key: key.to_string(), shape: shape.to_vec(), values: values.clone() });
+                values
+            }
+        };
         self.used.insert(key.to_string());
         Ok(Tensor::from_data(TensorData::new(values, shape), &self.device))
     }
@@ -379,15 +473,13 @@ impl<'a> WeightLoader<'a> {
 
     /// Refuse the keys nobody asked for, except those `ignorable` accepts.
     pub fn finish(self, ignorable: impl Fn(&str) -> bool) -> Result<(), CheckpointError> {
-        let unexpected: Vec<&str> = self
-            .file
-            .keys()
-            .filter(|key| !self.used.contains(*key) && !ignorable(key))
-            .collect();
+        let LoaderSource::File(file) = self.source else { return Ok(()) };
+        let unexpected: Vec<&str> =
+            file.keys().filter(|key| !self.used.contains(*key) && !ignorable(key)).collect();
         match unexpected.first() {
             None => Ok(()),
             Some(first) => Err(CheckpointError::Unexpected {
-                path: self.file.path.clone(),
+                path: file.path.clone(),
                 count: unexpected.len(),
                 first: first.to_string(),
             }),

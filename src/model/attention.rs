@@ -3,7 +3,7 @@
 
 use burn::module::Module;
 use burn::nn::{LayerNorm, Linear};
-use burn::tensor::activation::{gelu, softmax};
+use burn::tensor::activation::softmax;
 use burn::tensor::{Device, Tensor, TensorData};
 
 use super::rope::{RopeTable, apply_rope};
@@ -145,9 +145,10 @@ impl Attention {
                 let end = start + tokens;
                 let capacity = cache.keys.dims()[2];
                 assert!(end <= capacity, "KV cache holds {capacity} positions, asked for {end}");
-                cache.keys = cache.keys.clone().slice_assign([0..batch, 0..heads, start..end, 0..head_dim], key);
-                cache.values =
-                    cache.values.clone().slice_assign([0..batch, 0..heads, start..end, 0..head_dim], value);
+                // Taken out of the cache while written, so that a backend can write in place.
+                let range = [0..batch, 0..heads, start..end, 0..head_dim];
+                cache.keys.inplace(|keys| keys.slice_assign(range.clone(), key));
+                cache.values.inplace(|values| values.slice_assign(range, value));
                 cache.len = end;
                 (cache.keys.clone().narrow(2, 0, end), cache.values.clone().narrow(2, 0, end), start)
             }
@@ -160,7 +161,7 @@ impl Attention {
             scores = scores * logit_scale.clone();
         }
         if mask == Mask::Causal && tokens > 1 {
-            scores = scores + causal_bias(tokens, prefix, &x_device(&qkv));
+            scores = scores + causal_bias(tokens, prefix, &qkv.device());
         }
         let weights = softmax(scores, 3);
         let mixed = weights.matmul(values); // [batch, heads, tokens, head_dim]
@@ -168,10 +169,6 @@ impl Attention {
         let merged = mixed.swap_dims(1, 2).reshape([batch, tokens, model_dim]);
         self.proj.forward(merged)
     }
-}
-
-fn x_device(t: &Tensor<3>) -> Device {
-    t.device()
 }
 
 /// `0` where query `i` (after `prefix` cached positions) may see key `j`, `-inf` elsewhere.
@@ -187,8 +184,15 @@ impl Mlp {
     /// # Shapes
     /// - `x`: `[batch, tokens, model_dim]`
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        self.down.forward(gelu(self.up.forward(self.norm.forward(x))))
+        self.down.forward(gelu_erf(self.up.forward(self.norm.forward(x))))
     }
+}
+
+/// Exact GELU, `x * (1 + erf(x / sqrt 2)) / 2`, written out so that autodiff differentiates
+/// `erf` itself: burn-wgpu's fused `gelu` backward was measured at 7e-4 relative error on
+/// lavapipe (the CPU backend at 1e-7), which broke the score denoiser's float precision.
+pub fn gelu_erf<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    x.clone() * x.div_scalar(std::f64::consts::SQRT_2).erf().add_scalar(1.0).mul_scalar(0.5)
 }
 
 impl TransformerLayer {

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use burn::module::{Module, Param};
 use burn::nn::Linear;
 use burn::tensor::activation::softplus;
-use burn::tensor::{Int, Tensor, TensorData};
+use burn::tensor::{Tensor, TensorData};
 
 use super::attention::{AttentionCall, BlockCache, Mask, RmsNorm, TransformerLayer};
 use super::config::ScaleKind;
@@ -116,7 +116,6 @@ impl FlowBlock {
     /// The class embedding rows for `labels`, `[batch, 1, width]`.
     fn class_vectors(&self, labels: &[Option<usize>]) -> Option<Tensor<3>> {
         let table = self.class_embed.as_ref()?.val(); // [classes, 1, width]
-        let device = table.device();
         let mean = table.clone().mean_dim(0); // [1, 1, width]
         let rows: Vec<Tensor<3>> = labels
             .iter()
@@ -125,7 +124,6 @@ impl FlowBlock {
                 None => mean.clone(),
             })
             .collect();
-        let _ = device;
         Some(Tensor::cat(rows, 0))
     }
 
@@ -261,9 +259,16 @@ impl FlowBlock {
             (shift_right(params.log_scale), shift_right(params.shift))
         };
 
-        let sigma = self.sigma(log_scale);
-        let z = (permuted - shift) / sigma.clone();
-        BlockForward { z: self.permute(z), logdet: sigma.log().neg(), text_out }
+        // With an exp scale, ln(sigma) is the logit itself; log(exp(a)) would only add the
+        // rounding of two transcendental functions (large on some GPU drivers).
+        let (z, logdet) = match self.spec.scale {
+            ScaleKind::Exp => ((permuted - shift) * log_scale.clone().neg().exp(), log_scale.neg()),
+            ScaleKind::Softplus => {
+                let sigma = self.sigma(log_scale);
+                ((permuted - shift) / sigma.clone(), sigma.log().neg())
+            }
+        };
+        BlockForward { z: self.permute(z), logdet, text_out }
     }
 
     /// Run the text prefix through every layer, writing its keys and values into `cache`.
@@ -367,6 +372,3 @@ pub fn one_hot_labels(labels: &[Option<usize>], num_classes: usize, device: &bur
     }
     Tensor::from_data(TensorData::new(values, [labels.len(), 1, width]), device)
 }
-
-#[allow(dead_code)]
-fn _int_marker(_: Tensor<1, Int>) {}

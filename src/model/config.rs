@@ -441,7 +441,7 @@ impl FlowConfig {
                     .as_u64()
                     .or_else(|| value.as_bool().map(u64::from))
                     .map(|v| Some(v as usize))
-                    .ok_or_else(|| invalid(static_field(key), value, "it must be a whole number")),
+                    .ok_or_else(|| invalid(key, value, "it must be a whole number")),
             }
         };
         let get_f32 = |key: &'static str| -> Result<Option<f32>, ConfigError> {
@@ -450,11 +450,11 @@ impl FlowConfig {
                 Some(value) => value
                     .as_f64()
                     .map(|v| Some(v as f32))
-                    .ok_or_else(|| invalid(static_field(key), value, "it must be a number")),
+                    .ok_or_else(|| invalid(key, value, "it must be a number")),
             }
         };
         let required = |key: &'static str| -> Result<usize, ConfigError> {
-            get_usize(key)?.ok_or_else(|| invalid(static_field(key), "missing", "it is required"))
+            get_usize(key)?.ok_or_else(|| invalid(key, "missing", "it is required"))
         };
 
         let in_channels = required("in_channels")?;
@@ -581,10 +581,6 @@ impl FlowConfig {
         config.validate()?;
         Ok(config)
     }
-}
-
-fn static_field(key: &'static str) -> &'static str {
-    key
 }
 
 #[cfg(test)]

@@ -13,7 +13,9 @@ use super::block::{
 use super::config::{Conditioning, FlowConfig, GuidanceRule, PatchOrder, PositionKind};
 use super::guidance::{Guidance, gaussian_rule, linear_rule};
 use super::rope::{RopeTable, rope_table};
-use crate::checkpoint::{CheckpointError, TensorFile, WeightLoader, is_deprecated_buffer};
+use crate::checkpoint::{
+    CheckpointError, NamedTensor, RandomWeights, TensorFile, WeightLoader, is_deprecated_buffer,
+};
 
 /// LayerNorm epsilon of every official transformer layer.
 const LAYER_NORM_EPS: f64 = 1e-5;
@@ -21,6 +23,10 @@ const LAYER_NORM_EPS: f64 = 1e-5;
 const DENOISER_LAYERS: usize = 8;
 /// The learned denoiser's hard-coded step (`noise_std_const`), whatever `noise_std` is.
 pub const LEARNED_DENOISER_STEP: f64 = 0.3;
+/// `proj_out` weight scale of random models, as in the golden t2i config: large enough that
+/// the flow is far from the identity, small enough that sampling stays bounded.
+const RANDOM_PROJ_OUT_FACTOR: f32 = 0.5;
+const RANDOM_PROJ_OUT_FACTOR_UNCLIPPED: f32 = 0.15;
 
 /// What a batch is conditioned on.
 #[derive(Debug, Clone)]
@@ -217,7 +223,21 @@ impl Flow {
     ///
     /// The config must have passed [`FlowConfig::validate`].
     pub fn load(config: &FlowConfig, file: &TensorFile, device: &Device) -> Result<Self, CheckpointError> {
-        let mut loader = WeightLoader::new(file, device);
+        Self::build(config, WeightLoader::new(file, device))
+    }
+
+    /// A model with random weights (see [`RandomWeights`]), and its state dict under the
+    /// official key names, for tests, benchmarks and as a training start.
+    pub fn random(config: &FlowConfig, seed: u64, device: &Device) -> (Self, Vec<NamedTensor>) {
+        // Without the soft clip an exp scale amplifies freely: use the golden alt config's factor.
+        let factor = if config.soft_clip > 0.0 { RANDOM_PROJ_OUT_FACTOR } else { RANDOM_PROJ_OUT_FACTOR_UNCLIPPED };
+        let mut weights = RandomWeights::new(seed, factor);
+        let flow = Self::build(config, WeightLoader::random(&mut weights, device))
+            .expect("a random source has every tensor");
+        (flow, weights.into_tensors())
+    }
+
+    fn build(config: &FlowConfig, mut loader: WeightLoader) -> Result<Self, CheckpointError> {
         let c = config.patch_dim();
         let tokens = config.tokens();
         let mut blocks = Vec::with_capacity(config.num_blocks());
@@ -642,7 +662,7 @@ impl BlockRun<'_> {
 
     /// One token per call. `zeta` is the block's noise side in its own order `[batch, tokens, c]`.
     fn sequential(&self, zeta: Tensor<3>, observer: &mut dyn SampleObserver) -> Result<Tensor<3>, Cancelled> {
-        let [batch, tokens, patch_dim] = zeta.dims();
+        let [_, tokens, patch_dim] = zeta.dims();
         let mut cache = self.cache_and_prefill();
         let sos = self.block.sos.as_ref().map(|s| s.val());
         let steps = if sos.is_some() { tokens } else { tokens - 1 };
@@ -671,7 +691,6 @@ impl BlockRun<'_> {
                 Tensor::cat(parts, 1)
             })?;
         }
-        let _ = batch;
         Ok(Tensor::cat(done, 1))
     }
 

@@ -6,6 +6,7 @@ pub mod block;
 pub mod config;
 pub mod flow;
 pub mod guidance;
+pub mod noise;
 pub mod rope;
 
 pub use config::{Conditioning, ConfigError, FlowConfig, GuidanceRule};
