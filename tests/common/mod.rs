@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod pth;
+
 use std::path::{Path, PathBuf};
 
 use burn::tensor::{Device, Tensor};
