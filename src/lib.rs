@@ -18,6 +18,13 @@
 //! - [`checkpoint`]: strict loading of `.pth` and `.safetensors` weights
 //! - [`backend`]: picking burn-wgpu or the CPU fallback
 
+pub mod autoencoder;
+pub mod app;
 pub mod backend;
+pub mod bench;
 pub mod checkpoint;
+pub mod image_out;
+pub mod metadata;
 pub mod model;
+pub mod pipeline;
+pub mod text;

@@ -17,8 +17,8 @@ use safetensors::{Dtype as SafeDtype, SafeTensors};
 /// What can go wrong while reading a checkpoint. Every variant names the file.
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
-    #[error("The checkpoint file could not be opened: {source}. Check the path. (file: {path:?})")]
-    Open { path: PathBuf, source: std::io::Error },
+    #[error("The checkpoint file could not be opened: {error}. Check the path. (file: {path:?})")]
+    Open { path: PathBuf, error: std::io::Error },
     #[error("The checkpoint file is empty (0 bytes). Download it again. (file: {path:?})")]
     Empty { path: PathBuf },
     #[error(
@@ -93,13 +93,10 @@ impl TensorFile {
     /// Open a `.pth` or `.safetensors` file, telling them apart by their first bytes.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, CheckpointError> {
         let path = path.as_ref().to_path_buf();
-        let file = File::open(&path).map_err(|source| CheckpointError::Open {
-            path: path.clone(),
-            source,
-        })?;
+        let file = File::open(&path).map_err(|error| CheckpointError::Open { path: path.clone(), error })?;
         let len = file
             .metadata()
-            .map_err(|source| CheckpointError::Open { path: path.clone(), source })?
+            .map_err(|error| CheckpointError::Open { path: path.clone(), error })?
             .len();
         if len == 0 {
             return Err(CheckpointError::Empty { path });
@@ -108,7 +105,7 @@ impl TensorFile {
         // SAFETY: the map is read-only; a checkpoint changed by another program while we read
         // it gives wrong numbers or a read error, as any reader would, not undefined layout.
         let mmap = unsafe { memmap2::Mmap::map(&file) }
-            .map_err(|source| CheckpointError::Open { path: path.clone(), source })?;
+            .map_err(|error| CheckpointError::Open { path: path.clone(), error })?;
         let head: Vec<u8> = mmap.iter().take(16).copied().collect();
 
         if looks_like_html(&mmap) {
