@@ -23,6 +23,7 @@ pub mod app;
 pub mod backend;
 pub mod bench;
 pub mod checkpoint;
+pub mod data;
 pub mod image_out;
 pub mod metadata;
 pub mod model;

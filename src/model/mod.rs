@@ -7,6 +7,7 @@ pub mod config;
 pub mod flow;
 pub mod guidance;
 pub mod noise;
+pub mod official_yaml;
 pub mod rope;
 
 pub use config::{Conditioning, ConfigError, FlowConfig, GuidanceRule};
