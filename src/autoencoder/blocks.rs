@@ -54,7 +54,8 @@ pub struct Upsample {
 
 /// The mid-block self-attention (diffusers `Attention` with one head of width `channels`):
 /// GroupNorm, the `height * width` positions as tokens in row-major order, softmax of
-/// `q k^T / sqrt(channels)`, output projection, residual.
+/// `q k^T / sqrt(channels)`, output projection, residual. The scores take `tokens^2` floats per
+/// image: 4 MiB for a 256 px image (32 x 32 latent), 1 GiB at 1024 px.
 #[derive(Module, Debug)]
 pub struct MidAttention {
     pub group_norm: GroupNorm,
@@ -93,7 +94,12 @@ impl Conv {
         let shape = [out_channels, in_channels, kernel, kernel];
         let weight = loader.tensor(&format!("{prefix}.weight"), shape)?;
         let bias = loader.tensor(&format!("{prefix}.bias"), [out_channels])?;
-        Ok(Self { weight: Param::from_tensor(weight), bias: Param::from_tensor(bias), stride, padding })
+        Ok(Self {
+            weight: Param::from_tensor(weight),
+            bias: Param::from_tensor(bias),
+            stride,
+            padding,
+        })
     }
 }
 
@@ -105,9 +111,8 @@ pub fn load_group_norm(
     groups: usize,
     channels: usize,
 ) -> Result<GroupNorm, CheckpointError> {
-    let mut norm = GroupNormConfig::new(groups, channels)
-        .with_epsilon(GROUP_NORM_EPS)
-        .init(loader.device());
+    let mut norm =
+        GroupNormConfig::new(groups, channels).with_epsilon(GROUP_NORM_EPS).init(loader.device());
     norm.gamma = Some(Param::from_tensor(loader.tensor(&format!("{prefix}.weight"), [channels])?));
     norm.beta = Some(Param::from_tensor(loader.tensor(&format!("{prefix}.bias"), [channels])?));
     Ok(norm)
@@ -142,9 +147,21 @@ impl ResnetBlock {
         };
         Ok(Self {
             norm1: load_group_norm(loader, &format!("{prefix}.norm1"), groups, in_channels)?,
-            conv1: Conv::load(loader, &format!("{prefix}.conv1"), [in_channels, out_channels, 3], 1, 1)?,
+            conv1: Conv::load(
+                loader,
+                &format!("{prefix}.conv1"),
+                [in_channels, out_channels, 3],
+                1,
+                1,
+            )?,
             norm2: load_group_norm(loader, &format!("{prefix}.norm2"), groups, out_channels)?,
-            conv2: Conv::load(loader, &format!("{prefix}.conv2"), [out_channels, out_channels, 3], 1, 1)?,
+            conv2: Conv::load(
+                loader,
+                &format!("{prefix}.conv2"),
+                [out_channels, out_channels, 3],
+                1,
+                1,
+            )?,
             conv_shortcut,
         })
     }
@@ -156,11 +173,16 @@ impl Downsample {
     /// - returns `[batch, channels, height / 2, width / 2]` (rounded down)
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         // (left, right, top, bottom): asymmetric, as `F.pad(x, (0, 1, 0, 1))`.
-        let padded = x.pad((0, 1, 0, 1), PadMode::Constant(0.0)); // [batch, channels, height + 1, width + 1]
+        let padded = x.pad((0, 1, 0, 1), PadMode::Constant(0.0));
+        // padded: [batch, channels, height + 1, width + 1]
         self.conv.forward(padded)
     }
 
-    pub fn load(loader: &mut ShardedLoader, prefix: &str, channels: usize) -> Result<Self, CheckpointError> {
+    pub fn load(
+        loader: &mut ShardedLoader,
+        prefix: &str,
+        channels: usize,
+    ) -> Result<Self, CheckpointError> {
         let conv = Conv::load(loader, &format!("{prefix}.conv"), [channels, channels, 3], 2, 0)?;
         Ok(Self { conv })
     }
@@ -177,7 +199,11 @@ impl Upsample {
         self.conv.forward(interpolate(x, options))
     }
 
-    pub fn load(loader: &mut ShardedLoader, prefix: &str, channels: usize) -> Result<Self, CheckpointError> {
+    pub fn load(
+        loader: &mut ShardedLoader,
+        prefix: &str,
+        channels: usize,
+    ) -> Result<Self, CheckpointError> {
         let conv = Conv::load(loader, &format!("{prefix}.conv"), [channels, channels, 3], 1, 1)?;
         Ok(Self { conv })
     }
@@ -191,7 +217,8 @@ impl MidAttention {
         let tokens = height * width;
 
         let normed = self.group_norm.forward(x.clone());
-        let sequence = normed.reshape([batch, channels, tokens]).swap_dims(1, 2); // [batch, tokens, channels]
+        let sequence = normed.reshape([batch, channels, tokens]).swap_dims(1, 2);
+        // sequence: [batch, tokens, channels]
         let query = self.to_q.forward(sequence.clone());
         let key = self.to_k.forward(sequence.clone());
         let value = self.to_v.forward(sequence);
@@ -220,7 +247,8 @@ impl MidAttention {
         } else {
             ["to_q", "to_k", "to_v", "to_out.0"]
         };
-        let mut linear = |name: &str| loader.linear(&format!("{prefix}.{name}"), channels, channels);
+        let mut linear =
+            |name: &str| loader.linear(&format!("{prefix}.{name}"), channels, channels);
         let (to_q, to_k, to_v, to_out) = (linear(q)?, linear(k)?, linear(v)?, linear(out)?);
         Ok(Self {
             group_norm: load_group_norm(loader, &format!("{prefix}.group_norm"), groups, channels)?,
@@ -257,7 +285,13 @@ impl MidBlock {
         with_attention: bool,
     ) -> Result<Self, CheckpointError> {
         let resnet = |loader: &mut ShardedLoader, index: usize| {
-            ResnetBlock::load(loader, &format!("{prefix}.resnets.{index}"), channels, channels, groups)
+            ResnetBlock::load(
+                loader,
+                &format!("{prefix}.resnets.{index}"),
+                channels,
+                channels,
+                groups,
+            )
         };
         let resnet_in = resnet(loader, 0)?;
         let attention = if with_attention {

@@ -123,7 +123,10 @@ impl Encoder {
         moments
     }
 
-    pub fn load(loader: &mut ShardedLoader, config: &AutoencoderKlConfig) -> Result<Self, CheckpointError> {
+    pub fn load(
+        loader: &mut ShardedLoader,
+        config: &AutoencoderKlConfig,
+    ) -> Result<Self, CheckpointError> {
         let widths = &config.block_out_channels;
         let groups = config.norm_num_groups;
         let last = widths.len() - 1;
@@ -149,7 +152,8 @@ impl Encoder {
         }
 
         let add_attention = config.mid_block_add_attention;
-        let mid_block = MidBlock::load(loader, "encoder.mid_block", widths[last], groups, add_attention)?;
+        let mid_block =
+            MidBlock::load(loader, "encoder.mid_block", widths[last], groups, add_attention)?;
         let conv_norm_out = load_group_norm(loader, "encoder.conv_norm_out", groups, widths[last])?;
         let moments = 2 * config.latent_channels;
         let conv_out = Conv::load(loader, "encoder.conv_out", [widths[last], moments, 3], 1, 1)?;
@@ -188,14 +192,18 @@ impl Decoder {
         self.conv_out.forward(silu(self.conv_norm_out.forward(x)))
     }
 
-    pub fn load(loader: &mut ShardedLoader, config: &AutoencoderKlConfig) -> Result<Self, CheckpointError> {
+    pub fn load(
+        loader: &mut ShardedLoader,
+        config: &AutoencoderKlConfig,
+    ) -> Result<Self, CheckpointError> {
         let reversed: Vec<usize> = config.block_out_channels.iter().rev().copied().collect();
         let groups = config.norm_num_groups;
         let last = reversed.len() - 1;
         let conv_in =
             Conv::load(loader, "decoder.conv_in", [config.latent_channels, reversed[0], 3], 1, 1)?;
         let add_attention = config.mid_block_add_attention;
-        let mid_block = MidBlock::load(loader, "decoder.mid_block", reversed[0], groups, add_attention)?;
+        let mid_block =
+            MidBlock::load(loader, "decoder.mid_block", reversed[0], groups, add_attention)?;
 
         let mut up_blocks = Vec::with_capacity(reversed.len());
         let mut channels = reversed[0];
@@ -215,7 +223,8 @@ impl Decoder {
             up_blocks.push(UpBlock { resnets, upsampler });
         }
 
-        let conv_norm_out = load_group_norm(loader, "decoder.conv_norm_out", groups, reversed[last])?;
+        let conv_norm_out =
+            load_group_norm(loader, "decoder.conv_norm_out", groups, reversed[last])?;
         let conv_out =
             Conv::load(loader, "decoder.conv_out", [reversed[last], config.out_channels, 3], 1, 1)?;
         Ok(Self { conv_in, mid_block, up_blocks, conv_norm_out, conv_out })

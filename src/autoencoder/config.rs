@@ -119,7 +119,11 @@ impl AutoencoderKlConfig {
         if let Some(class_name) = &self.class_name {
             if class_name != "AutoencoderKL" {
                 let value = format!("{class_name:?}");
-                return Err(InvalidConfig::new("_class_name", value, "it must be \"AutoencoderKL\""));
+                return Err(InvalidConfig::new(
+                    "_class_name",
+                    value,
+                    "it must be \"AutoencoderKL\"",
+                ));
             }
         }
         let sizes = [
@@ -140,10 +144,14 @@ impl AutoencoderKlConfig {
             let requirement = "it must list at least one positive width";
             return Err(InvalidConfig::new("block_out_channels", value, requirement));
         }
-        if let Some(width) = self.block_out_channels.iter().find(|&&w| w % self.norm_num_groups != 0) {
+        if let Some(width) =
+            self.block_out_channels.iter().find(|&&w| w % self.norm_num_groups != 0)
+        {
             let value = format!("{:?}", self.block_out_channels);
-            let requirement =
-                format!("norm_num_groups {} must divide every width ({width} doesn't)", self.norm_num_groups);
+            let requirement = format!(
+                "norm_num_groups {} must divide every width ({width} doesn't)",
+                self.norm_num_groups
+            );
             return Err(InvalidConfig::new("block_out_channels", value, requirement));
         }
         let block_lists = [

@@ -85,7 +85,8 @@ impl LatentDistribution {
         let [_, channels, _, _] = moments.dims();
         let latent_channels = channels / 2;
         let mean = moments.clone().narrow(1, 0, latent_channels);
-        let logvar = moments.narrow(1, latent_channels, latent_channels).clamp(LOGVAR_MIN, LOGVAR_MAX);
+        let logvar =
+            moments.narrow(1, latent_channels, latent_channels).clamp(LOGVAR_MIN, LOGVAR_MAX);
         Self { mean, logvar }
     }
 
@@ -116,9 +117,10 @@ impl AutoencoderKl {
     pub fn load_dir(dir: impl AsRef<Path>, device: &Device) -> Result<Self, AutoencoderError> {
         let dir = dir.as_ref();
         let config: AutoencoderKlConfig = read_config(dir, "config.json")?;
-        config
-            .validate()
-            .map_err(|source| AutoencoderError::ConfigFile { path: dir.join("config.json"), source })?;
+        config.validate().map_err(|source| AutoencoderError::ConfigFile {
+            path: dir.join("config.json"),
+            source,
+        })?;
         let weights = WeightFiles::open_dir(dir, "diffusion_pytorch_model")?;
         Self::load(&config, &weights, device)
     }
@@ -130,6 +132,8 @@ impl AutoencoderKl {
         device: &Device,
     ) -> Result<Self, AutoencoderError> {
         config.validate().map_err(AutoencoderError::Config)?;
+        // TODO(#3): CompVis/LDM-format weights (sd-vae-ft-ema-original) are refused; the user
+        // sees LdmLayout and has to fetch the diffusers repository's files instead.
         let ldm_key = "encoder.down.0.block.0.norm1.weight";
         if weights.contains(ldm_key) {
             let path = weights.origin().to_path_buf();

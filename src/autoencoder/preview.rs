@@ -104,7 +104,9 @@ impl LatentPreview {
             return Err(PreviewError::Shapes { latent: latent_dims, image: image_dims });
         }
 
-        let read = |t: Tensor<4>| t.try_into_vec_as::<f32>().map_err(|e| PreviewError::Read(e.to_string()));
+        let read = |t: Tensor<4>| {
+            t.try_into_vec_as::<f32>().map_err(|e| PreviewError::Read(e.to_string()))
+        };
         let latent = read(latent)?;
         let image = read(image)?;
 
@@ -134,16 +136,22 @@ impl LatentPreview {
         }
 
         let solution = solve(gram, moment, features, 3).ok_or(PreviewError::Degenerate)?;
-        let weights = (0..channels)
-            .map(|c| [0, 1, 2].map(|k| solution[c * 3 + k] as f32))
-            .collect();
+        let weights =
+            (0..channels).map(|c| [0, 1, 2].map(|k| solution[c * 3 + k] as f32)).collect();
         let bias = [0, 1, 2].map(|k| solution[channels * 3 + k] as f32);
         Ok(Self { weights, bias })
     }
 }
 
 /// Mean RGB of the `factor x factor` pixels under latent cell `(y, x)` of image `b`.
-fn cell_mean(image: &[f32], dims: [usize; 4], b: usize, y: usize, x: usize, factor: usize) -> [f64; 3] {
+fn cell_mean(
+    image: &[f32],
+    dims: [usize; 4],
+    b: usize,
+    y: usize,
+    x: usize,
+    factor: usize,
+) -> [f64; 3] {
     let [_, rgb, height, width] = dims;
     let mut sum = [0.0f64; 3];
     for (k, total) in sum.iter_mut().enumerate() {
@@ -163,7 +171,8 @@ fn solve(mut a: Vec<f64>, mut b: Vec<f64>, n: usize, m: usize) -> Option<Vec<f64
         return None;
     }
     for col in 0..n {
-        let pivot = (col..n).max_by(|&i, &j| a[i * n + col].abs().total_cmp(&a[j * n + col].abs()))?;
+        let pivot =
+            (col..n).max_by(|&i, &j| a[i * n + col].abs().total_cmp(&a[j * n + col].abs()))?;
         if a[pivot * n + col].abs() <= 1e-12 * scale {
             return None;
         }

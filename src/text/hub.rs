@@ -25,19 +25,14 @@ pub enum HubError {
          holds config.json and the weights. (folder: {dir:?})"
     )]
     NoConfig { dir: PathBuf, config: String },
-    #[error(
-        "The model's config could not be read: {reason}. It is probably the config of another \
-         kind of model; pick the right folder. (file: {path:?})"
-    )]
-    Config { path: PathBuf, reason: String },
+    #[error("The model's config could not be read: {reason}. {hint} (file: {path:?})")]
+    Config { path: PathBuf, reason: String, hint: &'static str },
     #[error(
         "The folder has neither {single:?} nor {index:?}{other}. Download the safetensors weights \
          into this folder. (folder: {dir:?})"
     )]
     NoWeights { dir: PathBuf, single: String, index: String, other: String },
-    #[error(
-        "The shard index could not be read: {reason}. Download it again. (file: {path:?})"
-    )]
+    #[error("The shard index could not be read: {reason}. Download it again. (file: {path:?})")]
     Index { path: PathBuf, reason: String },
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
@@ -53,7 +48,11 @@ pub struct InvalidConfig {
 }
 
 impl InvalidConfig {
-    pub fn new(field: &'static str, value: impl Into<String>, requirement: impl Into<String>) -> Self {
+    pub fn new(
+        field: &'static str,
+        value: impl Into<String>,
+        requirement: impl Into<String>,
+    ) -> Self {
         Self { field, value: value.into(), requirement: requirement.into() }
     }
 }
@@ -71,9 +70,21 @@ pub fn read_config<T: DeserializeOwned>(dir: &Path, name: &str) -> Result<T, Hub
     if !path.is_file() {
         return Err(HubError::NoConfig { dir: dir.to_path_buf(), config: name.to_string() });
     }
-    let text = std::fs::read_to_string(&path)
-        .map_err(|err| HubError::Config { path: path.clone(), reason: err.to_string() })?;
-    serde_json::from_str(&text).map_err(|err| HubError::Config { path, reason: err.to_string() })
+    let text = std::fs::read_to_string(&path).map_err(|err| HubError::Config {
+        path: path.clone(),
+        reason: err.to_string(),
+        hint: "Check that the file is readable.",
+    })?;
+    serde_json::from_str(&text).map_err(|err| {
+        // Valid JSON with the wrong keys is another kind of model; anything else a broken file.
+        let hint = match err.classify() {
+            serde_json::error::Category::Data => {
+                "It is probably the config of another kind of model; pick the right folder."
+            }
+            _ => "The file is not valid JSON; download it again.",
+        };
+        HubError::Config { path, reason: err.to_string(), hint }
+    })
 }
 
 impl WeightFiles {
@@ -92,7 +103,9 @@ impl WeightFiles {
         // Name the PyTorch pickles we do not read, so the message says what to fetch instead.
         let pickles = [format!("{stem}.bin"), "pytorch_model.bin".to_string()];
         let other = match pickles.iter().find(|name| dir.join(name).is_file()) {
-            Some(name) => format!(" (only {name:?}, which this app does not read)"),
+            Some(name) => {
+                format!(" (only {name:?}, a PyTorch pickle; this loader reads safetensors)")
+            }
             None => String::new(),
         };
         Err(HubError::NoWeights { dir: dir.to_path_buf(), single, index, other })

@@ -3,11 +3,12 @@
 //!
 //! - [`tokenizer`]: `tokenizer.json` through the `tokenizers` crate, padded and truncated to the
 //!   flow's text length, with a report of what was cut
-//! - [`t5`]: the T5 v1.1 / flan-t5 encoder stack, configured from `config.json`
+//! - [`t5`]: the T5 v1.1 / flan-t5 encoder stack; [`t5_config`]: its `config.json`
 //! - [`hub`]: finding `config.json` and the (possibly sharded) weights in a model folder
 
 pub mod hub;
 pub mod t5;
+pub mod t5_config;
 pub mod tokenizer;
 
 use std::path::{Path, PathBuf};
@@ -41,7 +42,11 @@ pub struct TextEncoder {
 impl TextEncoder {
     /// Load `tokenizer.json`, `config.json` and the weights from `dir`; prompts are padded and
     /// truncated to `text_len` tokens (STARFlow's `txt_size`, 128 for the released model).
-    pub fn load_dir(dir: impl AsRef<Path>, text_len: usize, device: &Device) -> Result<Self, TextError> {
+    pub fn load_dir(
+        dir: impl AsRef<Path>,
+        text_len: usize,
+        device: &Device,
+    ) -> Result<Self, TextError> {
         let dir = dir.as_ref();
         let tokenizer = PromptTokenizer::from_file(dir.join("tokenizer.json"), text_len)?;
         let encoder = T5Encoder::load_dir(dir, device)?;
@@ -50,7 +55,11 @@ impl TextEncoder {
         let entries = tokenizer.vocab_size();
         let vocab_size = encoder.config().vocab_size;
         if entries > vocab_size {
-            return Err(TextError::VocabMismatch { dir: dir.to_path_buf(), tokenizer: entries, vocab_size });
+            return Err(TextError::VocabMismatch {
+                dir: dir.to_path_buf(),
+                tokenizer: entries,
+                vocab_size,
+            });
         }
         Ok(Self { tokenizer, encoder })
     }
@@ -60,7 +69,10 @@ impl TextEncoder {
     /// # Shapes
     /// - returns `[batch, text_len, model_dim]`, zero at padded positions, and the tokens of
     ///   each prompt (for the UI: tokens used, text cut)
-    pub fn encode(&self, prompts: &[&str]) -> Result<(Tensor<3>, Vec<PromptTokens>), TokenizerError> {
+    pub fn encode(
+        &self,
+        prompts: &[&str],
+    ) -> Result<(Tensor<3>, Vec<PromptTokens>), TokenizerError> {
         let tokens = self.tokenizer.encode_batch(prompts)?;
         let device = self.encoder.shared.val().device();
         let (ids, mask) = tokenizer::batch_tensors(&tokens, &device);

@@ -16,9 +16,9 @@ use burn::nn::Linear;
 use burn::tensor::activation::{gelu, relu, silu, softmax};
 use burn::tensor::module::embedding;
 use burn::tensor::{Device, Int, Tensor, TensorData};
-use serde::{Deserialize, Serialize};
 
 use super::hub::{HubError, InvalidConfig, ShardedLoader, WeightFiles, read_config};
+pub use super::t5_config::{Activation, T5Config};
 use crate::checkpoint::CheckpointError;
 
 /// What can go wrong while loading a T5 encoder.
@@ -35,156 +35,6 @@ pub enum T5Error {
     Hub(#[from] HubError),
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
-}
-
-/// The architecture keys of a Hugging Face T5 `config.json`; other keys are ignored.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct T5Config {
-    /// Rows of the embedding `shared` (32128 for flan-t5; more than the tokenizer's entries).
-    pub vocab_size: usize,
-    /// Width of the residual stream: `model_dim`, the text width the flow sees.
-    pub d_model: usize,
-    /// Width of one attention head: `head_dim`.
-    pub d_kv: usize,
-    /// Hidden width of the feed-forward.
-    pub d_ff: usize,
-    /// Encoder blocks.
-    pub num_layers: usize,
-    /// Attention heads.
-    pub num_heads: usize,
-    #[serde(default = "default_num_buckets")]
-    pub relative_attention_num_buckets: usize,
-    #[serde(default = "default_max_distance")]
-    pub relative_attention_max_distance: usize,
-    #[serde(default = "default_layer_norm_epsilon")]
-    pub layer_norm_epsilon: f64,
-    /// `"relu"` (original T5), `"gated-gelu"` (T5 v1.1, flan-t5), `"gated-silu"`, ...
-    #[serde(default = "default_feed_forward_proj")]
-    pub feed_forward_proj: String,
-    /// Written by transformers, derived from `feed_forward_proj`; when present it wins, as in
-    /// transformers.
-    #[serde(default)]
-    pub dense_act_fn: Option<String>,
-    #[serde(default)]
-    pub is_gated_act: Option<bool>,
-    #[serde(default)]
-    pub model_type: Option<String>,
-}
-
-fn default_num_buckets() -> usize {
-    32
-}
-
-fn default_max_distance() -> usize {
-    128
-}
-
-fn default_layer_norm_epsilon() -> f64 {
-    1e-6
-}
-
-fn default_feed_forward_proj() -> String {
-    "relu".to_string()
-}
-
-/// The feed-forward's activation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Activation {
-    /// transformers' `gelu_new`: the tanh approximation of GELU (flan-t5).
-    GeluTanh,
-    /// The exact (erf) GELU.
-    Gelu,
-    Relu,
-    Silu,
-}
-
-impl T5Config {
-    /// google/flan-t5-xl's encoder, as in its published `config.json`.
-    pub fn flan_t5_xl() -> Self {
-        Self {
-            vocab_size: 32128,
-            d_model: 2048,
-            d_kv: 64,
-            d_ff: 5120,
-            num_layers: 24,
-            num_heads: 32,
-            relative_attention_num_buckets: 32,
-            relative_attention_max_distance: 128,
-            layer_norm_epsilon: 1e-6,
-            feed_forward_proj: "gated-gelu".to_string(),
-            dense_act_fn: Some("gelu_new".to_string()),
-            is_gated_act: Some(true),
-            model_type: Some("t5".to_string()),
-        }
-    }
-
-    /// Width of the attention projections (`heads * head_dim`; equal to `d_model` in flan-t5).
-    pub fn inner_dim(&self) -> usize {
-        self.num_heads * self.d_kv
-    }
-
-    /// Whether the feed-forward is gated, and its activation, as transformers derives them.
-    pub fn feed_forward(&self) -> Result<(bool, Activation), InvalidConfig> {
-        let parts: Vec<&str> = self.feed_forward_proj.split('-').collect();
-        let derived_gated = parts.len() == 2 && parts[0] == "gated";
-        if !(parts.len() == 1 || derived_gated) {
-            let value = format!("{:?}", self.feed_forward_proj);
-            return Err(InvalidConfig::new("feed_forward_proj", value, "it must be ACT or gated-ACT"));
-        }
-        let derived_act = match self.feed_forward_proj.as_str() {
-            "gated-gelu" => "gelu_new",
-            _ => parts[parts.len() - 1],
-        };
-        let act_name = self.dense_act_fn.as_deref().unwrap_or(derived_act);
-        let act = match act_name {
-            "gelu_new" | "gelu_pytorch_tanh" => Activation::GeluTanh,
-            "gelu" => Activation::Gelu,
-            "relu" => Activation::Relu,
-            "silu" | "swish" => Activation::Silu,
-            other => {
-                let requirement = "it must be gelu_new, gelu, relu or silu";
-                return Err(InvalidConfig::new("dense_act_fn", format!("{other:?}"), requirement));
-            }
-        };
-        Ok((self.is_gated_act.unwrap_or(derived_gated), act))
-    }
-
-    /// Check the sizes and options; returns whether the feed-forward is gated, and its
-    /// activation.
-    pub fn validate(&self) -> Result<(bool, Activation), InvalidConfig> {
-        if let Some(model_type) = &self.model_type {
-            if model_type != "t5" {
-                let value = format!("{model_type:?}");
-                return Err(InvalidConfig::new("model_type", value, "it must be \"t5\""));
-            }
-        }
-        let sizes = [
-            ("vocab_size", self.vocab_size),
-            ("d_model", self.d_model),
-            ("d_kv", self.d_kv),
-            ("d_ff", self.d_ff),
-            ("num_layers", self.num_layers),
-            ("num_heads", self.num_heads),
-        ];
-        for (field, value) in sizes {
-            if value == 0 {
-                return Err(InvalidConfig::new(field, value.to_string(), "it must be at least 1"));
-            }
-        }
-        let buckets = self.relative_attention_num_buckets;
-        if buckets < 4 || buckets % 2 != 0 {
-            let field = "relative_attention_num_buckets";
-            return Err(InvalidConfig::new(field, buckets.to_string(), "it must be even and >= 4"));
-        }
-        // Distances of at least max_exact = buckets / 4 are log-bucketed up to max_distance.
-        if self.relative_attention_max_distance <= buckets / 4 {
-            let field = "relative_attention_max_distance";
-            let value = self.relative_attention_max_distance.to_string();
-            let requirement = "it must exceed relative_attention_num_buckets / 4";
-            return Err(InvalidConfig::new(field, value, requirement));
-        }
-        self.feed_forward()
-    }
 }
 
 /// transformers' `T5LayerNorm`: `weight * x / sqrt(mean(x^2) + eps)`, no mean, no bias.
@@ -279,7 +129,8 @@ pub fn relative_position_bucket(
     }
 
     // The reference computes this in float32 (`log` of a float tensor divided by a Python
-    // float), then truncates; float64 would move a few boundaries.
+    // float), then truncates. Done the same way here; for 32 buckets and distance 128 float64
+    // gives the same buckets, but other sizes could land a distance on the other side.
     let log_ratio = (distance as f32 / max_exact as f32).ln();
     let log_range = (max_distance as f64 / max_exact as f64).ln() as f32;
     let large = max_exact + (log_ratio / log_range * (num_buckets - max_exact) as f32) as usize;
@@ -304,9 +155,8 @@ impl T5Attention {
         let [batch, tokens, _] = x.dims();
         let (heads, head_dim) = (self.heads, self.head_dim);
         let split = |projected: Tensor<3>| {
-            projected
-                .reshape([batch, tokens, heads, head_dim])
-                .swap_dims(1, 2) // [batch, heads, tokens, head_dim]
+            // [batch, tokens, inner_dim] -> [batch, heads, tokens, head_dim]
+            projected.reshape([batch, tokens, heads, head_dim]).swap_dims(1, 2)
         };
         let query = split(self.q.forward(x.clone()));
         let key = split(self.k.forward(x.clone()));
@@ -341,7 +191,8 @@ impl T5Block {
     ///
     /// Returns the stream after the attention sub-layer and after the whole block.
     pub fn forward(&self, x: Tensor<3>, bias: Tensor<4>) -> (Tensor<3>, Tensor<3>) {
-        let after_attention = x.clone() + self.attention.forward(self.attention_norm.forward(x), bias);
+        let after_attention =
+            x.clone() + self.attention.forward(self.attention_norm.forward(x), bias);
         let normed = self.feed_forward_norm.forward(after_attention.clone());
         let output = after_attention.clone() + self.feed_forward.forward(normed);
         (after_attention, output)
@@ -364,7 +215,11 @@ impl T5Encoder {
     }
 
     /// Build the encoder of `config` from `weights`, with strict key and shape checks.
-    pub fn load(config: &T5Config, weights: &WeightFiles, device: &Device) -> Result<Self, T5Error> {
+    pub fn load(
+        config: &T5Config,
+        weights: &WeightFiles,
+        device: &Device,
+    ) -> Result<Self, T5Error> {
         let (gated, activation) = config.validate().map_err(T5Error::Config)?;
         let mut loader = weights.loader(device);
         let (model_dim, inner_dim) = (config.d_model, config.inner_dim());
@@ -383,10 +238,14 @@ impl T5Encoder {
         let relative_attention_bias =
             loader.tensor(bias_key, [config.relative_attention_num_buckets, config.num_heads])?;
 
-        let norm = |loader: &mut ShardedLoader, key: &str| -> Result<T5LayerNorm, CheckpointError> {
-            let weight = loader.tensor(key, [model_dim])?;
-            Ok(T5LayerNorm { weight: Param::from_tensor(weight), epsilon: config.layer_norm_epsilon })
-        };
+        let norm =
+            |loader: &mut ShardedLoader, key: &str| -> Result<T5LayerNorm, CheckpointError> {
+                let weight = loader.tensor(key, [model_dim])?;
+                Ok(T5LayerNorm {
+                    weight: Param::from_tensor(weight),
+                    epsilon: config.layer_norm_epsilon,
+                })
+            };
         let mut blocks = Vec::with_capacity(config.num_layers);
         for index in 0..config.num_layers {
             let prefix = format!("encoder.block.{index}");
@@ -401,8 +260,10 @@ impl T5Encoder {
             };
             let ff_prefix = format!("{prefix}.layer.1.DenseReluDense");
             let (wi, gate) = if gated {
-                let wi = loader.linear_no_bias(&format!("{ff_prefix}.wi_0"), model_dim, config.d_ff)?;
-                let gate = loader.linear_no_bias(&format!("{ff_prefix}.wi_1"), model_dim, config.d_ff)?;
+                let wi =
+                    loader.linear_no_bias(&format!("{ff_prefix}.wi_0"), model_dim, config.d_ff)?;
+                let gate =
+                    loader.linear_no_bias(&format!("{ff_prefix}.wi_1"), model_dim, config.d_ff)?;
                 (wi, Some(gate))
             } else {
                 (loader.linear_no_bias(&format!("{ff_prefix}.wi"), model_dim, config.d_ff)?, None)
@@ -416,7 +277,10 @@ impl T5Encoder {
             blocks.push(T5Block {
                 attention_norm: norm(&mut loader, &format!("{prefix}.layer.0.layer_norm.weight"))?,
                 attention,
-                feed_forward_norm: norm(&mut loader, &format!("{prefix}.layer.1.layer_norm.weight"))?,
+                feed_forward_norm: norm(
+                    &mut loader,
+                    &format!("{prefix}.layer.1.layer_norm.weight"),
+                )?,
                 feed_forward,
             });
         }
@@ -454,13 +318,18 @@ impl T5Encoder {
     pub fn position_bias(&self, tokens: usize) -> Tensor<4> {
         let weight = self.relative_attention_bias.val(); // [buckets, heads]
         let device = weight.device();
-        let (num_buckets, max_distance) =
-            (self.config.relative_attention_num_buckets, self.config.relative_attention_max_distance);
+        let (num_buckets, max_distance) = (
+            self.config.relative_attention_num_buckets,
+            self.config.relative_attention_max_distance,
+        );
         let buckets: Vec<i64> = (0..tokens as i64)
             .flat_map(|query| (0..tokens as i64).map(move |key| (query, key)))
-            .map(|(query, key)| relative_position_bucket(key - query, true, num_buckets, max_distance) as i64)
+            .map(|(query, key)| {
+                relative_position_bucket(key - query, true, num_buckets, max_distance) as i64
+            })
             .collect();
-        let buckets = Tensor::<1, Int>::from_data(TensorData::new(buckets, [tokens * tokens]), &device);
+        let buckets =
+            Tensor::<1, Int>::from_data(TensorData::new(buckets, [tokens * tokens]), &device);
 
         let heads = self.config.num_heads;
         weight
@@ -494,7 +363,8 @@ impl T5Encoder {
 
         // Padded keys get float32's lowest value, as in transformers; queries are not masked.
         let key_bias = mask.clone().neg().add_scalar(1.0).mul_scalar(f32::MIN);
-        let key_bias = key_bias.unsqueeze_dim::<3>(1).unsqueeze_dim::<4>(1); // [batch, 1, 1, tokens]
+        let key_bias = key_bias.unsqueeze_dim::<3>(1).unsqueeze_dim::<4>(1);
+        // key_bias: [batch, 1, 1, tokens]
         let bias = self.position_bias(tokens) + key_bias; // [batch, heads, tokens, tokens]
 
         for (index, block) in self.blocks.iter().enumerate() {
@@ -514,7 +384,8 @@ impl T5Encoder {
 /// x^3)))`. Written out with `x * x * x` so that no backend takes a float power of a negative.
 pub fn gelu_tanh<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     let cube = x.clone() * x.clone() * x.clone();
-    let inner = (x.clone() + cube.mul_scalar(0.044715)).mul_scalar((2.0 / std::f64::consts::PI).sqrt());
+    let inner =
+        (x.clone() + cube.mul_scalar(0.044715)).mul_scalar((2.0 / std::f64::consts::PI).sqrt());
     x.mul_scalar(0.5) * inner.tanh().add_scalar(1.0)
 }
 
@@ -534,7 +405,9 @@ mod tests {
     #[test]
     fn buckets_at_powers_of_two_match_the_reference_table() {
         // tolerances.json `bucket_at_power_of_two_distances`: distance -> [bucket(+d), bucket(-d)].
-        for (distance, positive, negative) in [(16, 26, 10), (32, 28, 12), (64, 30, 14), (128, 31, 15)] {
+        for (distance, positive, negative) in
+            [(16, 26, 10), (32, 28, 12), (64, 30, 14), (128, 31, 15)]
+        {
             assert_eq!(relative_position_bucket(distance, true, 32, 128), positive, "+{distance}");
             assert_eq!(relative_position_bucket(-distance, true, 32, 128), negative, "-{distance}");
         }

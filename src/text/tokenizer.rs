@@ -107,7 +107,10 @@ impl PromptTokenizer {
         // The post-processor must append `</s>`: the empty prompt is exactly `[</s>]`.
         let empty = full.encode("", true).map_err(|err| load_error(err.to_string()))?;
         if empty.get_ids() != [eos_id] {
-            return Err(TokenizerError::NoEos { path: path.to_path_buf(), ids: empty.get_ids().to_vec() });
+            return Err(TokenizerError::NoEos {
+                path: path.to_path_buf(),
+                ids: empty.get_ids().to_vec(),
+            });
         }
 
         let mut fixed = full.clone();
@@ -148,8 +151,10 @@ impl PromptTokenizer {
 
     /// Tokenize one prompt to exactly `text_len` ids.
     pub fn encode(&self, prompt: &str) -> Result<PromptTokens, TokenizerError> {
-        let encode_error =
-            |err: tokenizers::Error| TokenizerError::Encode { prompt: prompt.to_string(), reason: err.to_string() };
+        let encode_error = |err: tokenizers::Error| TokenizerError::Encode {
+            prompt: prompt.to_string(),
+            reason: err.to_string(),
+        };
         let fixed = self.fixed.encode(prompt, true).map_err(encode_error)?;
         let full = self.full.encode(prompt, true).map_err(encode_error)?;
 
@@ -184,7 +189,8 @@ pub fn batch_tensors(prompts: &[PromptTokens], device: &Device) -> (Tensor<2, In
         prompts.iter().all(|prompt| prompt.ids.len() == tokens && prompt.mask.len() == tokens),
         "every prompt of a batch is padded to the tokenizer's text length"
     );
-    let ids: Vec<i64> = prompts.iter().flat_map(|p| p.ids.iter().map(|&id| i64::from(id))).collect();
+    let ids: Vec<i64> =
+        prompts.iter().flat_map(|p| p.ids.iter().map(|&id| i64::from(id))).collect();
     let mask: Vec<f32> = prompts.iter().flat_map(|p| p.mask.iter().map(|&m| m as f32)).collect();
     let ids = Tensor::from_data(TensorData::new(ids, [batch, tokens]), device);
     let mask = Tensor::from_data(TensorData::new(mask, [batch, tokens]), device);
