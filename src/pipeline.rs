@@ -1,15 +1,22 @@
 //! prompt -> text -> flow -> denoise -> decode: one generation job and what it produces.
 //!
-//! A model directory holds `flow.json` (our [`FlowConfig`] as JSON) and the flow weights, the
-//! one `*.pth` or `*.safetensors` file at its top level. A model whose latent has 3 channels
-//! and no `vae/` folder is a pixel-space flow: its samples are the image.
+//! A model directory holds
+//! - the flow's config: `flow.json` (our [`FlowConfig`] as JSON) or `flow.yaml` (the official
+//!   `configs/*.yaml` format); without either, the preset matching the released file name;
+//! - the flow weights: the one `*.pth` or `*.safetensors` file at its top level;
+//! - `text_encoder/`: a Hugging Face T5 folder (config.json, weights, tokenizer.json), needed
+//!   by text-conditioned flows;
+//! - `vae/`: a diffusers AutoencoderKL folder (config.json, weights), needed unless the latent
+//!   has 3 channels: a flow without `vae/` is a pixel-space flow whose samples are the image.
 
 use std::path::{Path, PathBuf};
 
 use burn::tensor::{Device, Tensor};
 
+use crate::autoencoder::{AutoencoderError, AutoencoderKl, LatentPreview};
 use crate::checkpoint::{CheckpointError, TensorFile};
 use crate::image_out::{ImageError, RgbImage, to_rgb8};
+use crate::text::{PromptTokens, TextEncoder, TextError, TokenizerError};
 use crate::model::{
     Condition, ConfigError, Conditioning, Flow, FlowConfig, Guidance, SampleError, SampleObserver, Sampler,
 };
@@ -74,13 +81,36 @@ pub enum PipelineError {
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
     #[error(
-        "This model needs a text encoder and an autoencoder, which are not built yet \
-         (issue #3); only pixel-space flows without text run today."
+        "This model is text-conditioned but the folder has no text_encoder/ (a Hugging Face T5 \
+         folder with config.json, weights and tokenizer.json). (folder: {path:?})"
     )]
-    NeedsCompanions,
+    NoTextEncoder { path: PathBuf },
+    #[error(
+        "The text encoder's width is {found}, but the flow expects text vectors of width \
+         {expected}: they belong to different models. (folder: {path:?})"
+    )]
+    TextWidth { path: PathBuf, expected: usize, found: usize },
+    #[error(
+        "The autoencoder's latent has {found} channels, but the flow models {expected}: they \
+         belong to different models. (folder: {path:?})"
+    )]
+    LatentChannels { path: PathBuf, expected: usize, found: usize },
+    #[error("flow.yaml could not be used: {error}. (file: {path:?})")]
+    Yaml { path: PathBuf, error: ConfigError },
+    #[error(transparent)]
+    Text(#[from] TextError),
+    #[error(transparent)]
+    Tokenizer(#[from] TokenizerError),
+    #[error(transparent)]
+    Autoencoder(#[from] AutoencoderError),
+    #[error(
+        "This model needs about {needed_gib:.1} GiB of memory but about {available_gib:.1} GiB \
+         is free. Close other programs, or use a smaller model."
+    )]
+    Memory { needed_gib: f64, available_gib: f64 },
     #[error(
         "The model's latent has {channels} channels and the folder has no vae/; only a \
-         3-channel latent can be shown without an autoencoder."
+         3-channel latent can be shown without an autoencoder. Add the autoencoder folder."
     )]
     NoDecoder { channels: usize },
     #[error("The model has no learned denoiser; use --denoise score or none.")]
@@ -100,6 +130,10 @@ pub enum PipelineError {
 /// A loaded model, ready to generate.
 pub struct Pipeline {
     pub flow: Flow,
+    pub text: Option<TextEncoder>,
+    pub vae: Option<AutoencoderKl>,
+    /// Cheap latent -> RGB map for live previews of autoencoder latents.
+    pub preview: Option<LatentPreview>,
     pub folder: PathBuf,
     pub weights_file: PathBuf,
     pub device: Device,
@@ -128,38 +162,151 @@ pub fn find_weights(folder: &Path) -> Result<PathBuf, PipelineError> {
     }
 }
 
-/// The flow config of a model folder: `flow.json`, else the preset of the weights' name.
+/// The text width and the autoencoder's spatial factor, read from the companions' configs
+/// (needed to interpret an official flow.yaml).
+fn companion_shapes(folder: &Path) -> Result<(usize, usize), PipelineError> {
+    let text_dim = if folder.join("text_encoder").is_dir() {
+        let config: crate::text::T5Config = crate::text::hub::read_config(&folder.join("text_encoder"), "config.json")
+            .map_err(|e| PipelineError::Text(TextError::Encoder(crate::text::T5Error::Hub(e))))?;
+        config.d_model
+    } else {
+        0
+    };
+    let downsample = if folder.join("vae").is_dir() {
+        let config: crate::autoencoder::AutoencoderKlConfig =
+            crate::text::hub::read_config(&folder.join("vae"), "config.json").map_err(AutoencoderError::from)?;
+        config.downsample_factor()
+    } else {
+        1
+    };
+    Ok((text_dim, downsample))
+}
+
+/// The flow config of a model folder: `flow.json`, `flow.yaml`, else the preset of the
+/// weights' file name.
 pub fn folder_config(folder: &Path, weights: &Path) -> Result<FlowConfig, PipelineError> {
     let json = folder.join("flow.json");
     if json.is_file() {
         let text = std::fs::read_to_string(&json).map_err(|error| PipelineError::Folder { path: json.clone(), error })?;
         return FlowConfig::from_json(&text).map_err(|error| PipelineError::Config { path: json, error });
     }
+    let yaml = folder.join("flow.yaml");
+    if yaml.is_file() {
+        let text = std::fs::read_to_string(&yaml).map_err(|error| PipelineError::Folder { path: yaml.clone(), error })?;
+        let (text_dim, downsample) = companion_shapes(folder)?;
+        return FlowConfig::from_official_yaml(&text, downsample, text_dim)
+            .map_err(|error| PipelineError::Yaml { path: yaml, error });
+    }
     let name = weights.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     FlowConfig::preset_for_file(&name).ok_or(PipelineError::NoConfig { path: folder.to_path_buf(), file: name })
+}
+
+/// Bytes the loaded model needs at most while sampling: f32 weights of all parts plus the
+/// largest block's KV cache at batch 2 (guidance doubles the deep block's batch).
+pub fn memory_needed_bytes(config: &FlowConfig, weight_elements: usize) -> u64 {
+    let cache = (0..config.num_blocks())
+        .map(|b| {
+            let positions = config.tokens() + if config.block_has_text(b) { config.condition_len() } else { 0 };
+            2 * 2 * config.layers_per_block[b] * positions * config.block_width(b)
+        })
+        .max()
+        .unwrap_or(0);
+    4 * (weight_elements + cache) as u64
+}
+
+/// Free memory the operating system reports (Linux `MemAvailable`), if it reports one.
+fn available_memory_bytes() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+fn folder_elements(dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().and_then(|e| e.to_str()) == Some("safetensors"))
+        .filter_map(|p| TensorFile::open(&p).ok())
+        .map(|f| f.num_elements())
+        .sum()
 }
 
 impl Pipeline {
     /// Load a model folder onto `device`.
     pub fn load(folder: &Path, device: &Device) -> Result<Self, PipelineError> {
+        Self::load_with_progress(folder, device, &mut |_, _| {})
+    }
+
+    /// [`load`](Self::load), reporting each stage with the share of the work done.
+    pub fn load_with_progress(
+        folder: &Path,
+        device: &Device,
+        progress: &mut dyn FnMut(&str, f32),
+    ) -> Result<Self, PipelineError> {
+        let started = std::time::Instant::now();
         let weights_file = find_weights(folder)?;
         let config = folder_config(folder, &weights_file)?;
-        if config.conditioning == Conditioning::Text {
-            return Err(PipelineError::NeedsCompanions);
+        let text_dir = folder.join("text_encoder");
+        let vae_dir = folder.join("vae");
+        if config.conditioning == Conditioning::Text && !text_dir.is_dir() {
+            return Err(PipelineError::NoTextEncoder { path: folder.to_path_buf() });
         }
-        if config.latent_channels != 3 {
+        if config.latent_channels != 3 && !vae_dir.is_dir() {
             return Err(PipelineError::NoDecoder { channels: config.latent_channels });
         }
-        let started = std::time::Instant::now();
+
+        progress("reading the flow weights", 0.0);
         let file = TensorFile::open(&weights_file)?;
+        let elements = file.num_elements() + folder_elements(&text_dir) + folder_elements(&vae_dir);
+        let needed = memory_needed_bytes(&config, elements);
+        if let Some(available) = available_memory_bytes()
+            && needed > available
+        {
+            let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+            return Err(PipelineError::Memory { needed_gib: gib(needed), available_gib: gib(available) });
+        }
         let flow = Flow::load(&config, &file, device)?;
+
+        let text = if config.conditioning == Conditioning::Text {
+            progress("loading the text encoder", 0.5);
+            let text = TextEncoder::load_dir(&text_dir, config.text_len, device)?;
+            let found = text.encoder.model_dim();
+            if found != config.text_dim {
+                return Err(PipelineError::TextWidth { path: folder.to_path_buf(), expected: config.text_dim, found });
+            }
+            Some(text)
+        } else {
+            None
+        };
+
+        let vae = if vae_dir.is_dir() {
+            progress("loading the autoencoder", 0.8);
+            let vae = AutoencoderKl::load_dir(&vae_dir, device)?;
+            let found = vae.config().latent_channels;
+            if found != config.latent_channels {
+                return Err(PipelineError::LatentChannels {
+                    path: folder.to_path_buf(),
+                    expected: config.latent_channels,
+                    found,
+                });
+            }
+            Some(vae)
+        } else {
+            None
+        };
+        let preview = match &vae {
+            Some(vae) if vae.config().latent_channels == 4 => Some(LatentPreview::sd_kl_f8()),
+            _ => None,
+        };
+        progress("ready", 1.0);
         log::info!(
             "Loaded {:?}: {} parameters in {:.1} s",
             weights_file,
-            file.num_elements(),
+            elements,
             started.elapsed().as_secs_f64()
         );
-        Ok(Self { flow, folder: folder.to_path_buf(), weights_file, device: device.clone() })
+        Ok(Self { flow, text, vae, preview, folder: folder.to_path_buf(), weights_file, device: device.clone() })
     }
 
     pub fn config(&self) -> &FlowConfig {
@@ -189,6 +336,11 @@ impl Pipeline {
         Ok(Tensor::from_data(burn::tensor::TensorData::new(values, expected), &self.device))
     }
 
+    /// How `prompt` is tokenized (for the UI's counter), or `None` for models without text.
+    pub fn tokenize(&self, prompt: &str) -> Option<Result<PromptTokens, TokenizerError>> {
+        self.text.as_ref().map(|text| text.tokenizer.encode_batch(&[prompt]).map(|mut t| t.remove(0)))
+    }
+
     fn conditions(&self, request: &GenerateRequest) -> Result<(Condition, Condition), PipelineError> {
         match self.config().conditioning {
             Conditioning::None => Ok((Condition::Unconditional { batch: 1 }, Condition::Unconditional { batch: 1 })),
@@ -200,7 +352,15 @@ impl Pipeline {
                 }
                 Ok((Condition::Labels(vec![request.class]), Condition::Labels(vec![None])))
             }
-            Conditioning::Text => Err(PipelineError::NeedsCompanions),
+            Conditioning::Text => {
+                let text = self.text.as_ref().ok_or_else(|| PipelineError::NoTextEncoder { path: self.folder.clone() })?;
+                // The null branch is the empty caption unless a negative prompt replaces it.
+                let negative = request.negative_prompt.as_deref().unwrap_or("");
+                let (vectors, _) = text.encode(&[request.prompt.as_str(), negative])?;
+                let cond = vectors.clone().narrow(0, 0, 1);
+                let null = vectors.narrow(0, 1, 1);
+                Ok((Condition::Text(cond), Condition::Text(null)))
+            }
         }
     }
 
@@ -226,12 +386,34 @@ impl Pipeline {
         Ok(Generated { latents: sample.latents, denoised, image, jacobi_iterations: sample.jacobi_iterations })
     }
 
-    /// The image of one latent (batch 1).
+    /// The image of one latent (batch 1), through the autoencoder's decoder if there is one.
     pub fn decode(&self, latent: Tensor<4>) -> Result<RgbImage, PipelineError> {
-        let [_, channels, height, width] = latent.dims();
+        let pixels = match &self.vae {
+            Some(vae) => vae.decode_from_flow(latent),
+            None => latent,
+        };
+        let [_, channels, height, width] = pixels.dims();
         if channels != 3 {
             return Err(PipelineError::NoDecoder { channels });
         }
-        Ok(to_rgb8(latent.reshape([channels, height, width]))?)
+        Ok(to_rgb8(pixels.reshape([channels, height, width]))?)
+    }
+
+    /// A cheap preview of one latent: the linear latent -> RGB map at latent resolution for
+    /// autoencoder latents, the latent itself for pixel-space flows.
+    pub fn decode_preview(&self, latent: Tensor<4>) -> Result<RgbImage, PipelineError> {
+        let pixels = match (&self.vae, &self.preview) {
+            (None, _) => latent,
+            (Some(_), Some(preview)) => preview.rgb(latent),
+            (Some(_), None) => return self.decode(latent),
+        };
+        let [_, channels, height, width] = pixels.dims();
+        Ok(to_rgb8(pixels.reshape([channels, height, width]))?)
+    }
+
+    /// Image size in pixels (width, height).
+    pub fn image_size(&self) -> (usize, usize) {
+        let factor = self.vae.as_ref().map_or(1, |v| v.config().downsample_factor());
+        (self.config().latent_width * factor, self.config().latent_height * factor)
     }
 }
