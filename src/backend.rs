@@ -21,12 +21,26 @@ pub struct SelectedDevice {
     pub fell_back: bool,
 }
 
+fn wgpu_adapter() -> Option<wgpu::Adapter> {
+    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+    pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions::default())).ok()
+}
+
 /// Whether a wgpu adapter exists, asked of wgpu itself (burn-wgpu would panic without one).
 pub fn wgpu_adapter_name() -> Option<String> {
-    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
-    let adapter = pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions::default())).ok()?;
-    let info = adapter.get_info();
+    let info = wgpu_adapter()?.get_info();
     Some(format!("{} ({:?}, {:?})", info.name, info.backend, info.device_type))
+}
+
+/// Whether the wgpu adapter runs f16 shaders; `None` without an adapter.
+pub fn wgpu_supports_f16() -> Option<bool> {
+    Some(wgpu_adapter()?.features().contains(wgpu::Features::SHADER_F16))
+}
+
+/// The largest buffer the wgpu adapter allows (burn-wgpu requests the adapter's limits).
+pub fn wgpu_max_buffer_bytes() -> Option<u64> {
+    let limits = wgpu_adapter()?.limits();
+    Some(limits.max_buffer_size.min(limits.max_storage_buffer_binding_size as u64))
 }
 
 /// The device for `choice`; asking for wgpu without an adapter logs one warning and gives the CPU.
@@ -49,4 +63,27 @@ pub fn select(choice: BackendChoice) -> SelectedDevice {
 
 fn cpu(fell_back: bool) -> SelectedDevice {
     SelectedDevice { device: Device::flex(), description: "CPU (burn-flex)".to_string(), fell_back }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_device_has_no_gpu_identity_and_wgpu_has_one() {
+        // The pipeline tells GPUs from the CPU by this (f16 and buffer-limit decisions).
+        assert!(Device::flex().identity().is_none());
+        if wgpu_adapter_name().is_some() {
+            assert!(Device::wgpu(Default::default()).identity().is_some());
+        } else {
+            eprintln!("no wgpu adapter was found; only the CPU half of this test ran");
+        }
+    }
+
+    #[test]
+    fn asking_for_the_cpu_gives_the_cpu() {
+        let selected = select(BackendChoice::Cpu);
+        assert!(!selected.fell_back);
+        assert!(selected.device.identity().is_none());
+    }
 }

@@ -24,6 +24,7 @@ pub mod backend;
 pub mod bench;
 pub mod checkpoint;
 pub mod data;
+pub mod download;
 pub mod image_out;
 pub mod metadata;
 pub mod model;

@@ -9,7 +9,7 @@ use starflow_studio::backend::{self, BackendChoice};
 use starflow_studio::image_out::save_png;
 use starflow_studio::metadata::GenerationRecord;
 use starflow_studio::model::{Guidance, Sampler};
-use starflow_studio::pipeline::{Denoise, GenerateRequest, Pipeline};
+use starflow_studio::pipeline::{Denoise, GenerateRequest, Pipeline, Precision};
 
 #[derive(Parser)]
 #[command(name = "starflow-studio", version, about = "Text-to-image with STARFlow normalizing flows")]
@@ -59,6 +59,9 @@ enum Command {
         /// Also write one PNG per intermediate latent into this folder.
         #[arg(long)]
         layers_out: Option<PathBuf>,
+        /// Storage type of the flow's weights.
+        #[arg(long, value_enum, default_value = "auto")]
+        precision: Precision,
         /// Use this noise (safetensors tensor `noise`, [batch, channels, height, width]) instead
         /// of the seeded draw.
         #[arg(long)]
@@ -112,6 +115,7 @@ fn main() -> anyhow::Result<()> {
             backend: choice,
             model,
             layers_out,
+            precision,
             noise,
         }) => {
             let Some(model) = model else {
@@ -122,7 +126,10 @@ fn main() -> anyhow::Result<()> {
             };
             let selected = backend::select(choice);
             log::info!("Device: {}", selected.description);
-            let pipeline = Pipeline::load(&model, &selected.device).with_context(|| format!("loading the model in {model:?}"))?;
+            let pipeline = Pipeline::load_with_progress(&model, &selected.device, precision, &mut |stage, _| {
+                log::debug!("loading: {stage}");
+            })
+            .with_context(|| format!("loading the model in {model:?}"))?;
             let sampler = match sampler {
                 SamplerChoice::Sequential => Sampler::Sequential,
                 SamplerChoice::Jacobi => Sampler::Jacobi { chunk: 16, threshold: jacobi_threshold, max_iterations: 32 },

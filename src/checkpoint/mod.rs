@@ -194,6 +194,11 @@ impl TensorFile {
         self.entries.get(key).map(|entry| entry.dtype)
     }
 
+    /// Elements of the largest tensor (what must fit in one GPU buffer).
+    pub fn largest_tensor_elements(&self) -> usize {
+        self.entries.values().map(|entry| entry.shape.iter().product::<usize>()).max().unwrap_or(0)
+    }
+
     /// Number of stored elements over all tensors.
     pub fn num_elements(&self) -> usize {
         self.entries.values().map(|entry| entry.shape.iter().product::<usize>()).sum()
@@ -388,20 +393,28 @@ pub struct WeightLoader<'a> {
     source: LoaderSource<'a>,
     device: Device,
     used: BTreeSet<String>,
+    linear_dtype: burn::tensor::DType,
 }
 
 impl<'a> WeightLoader<'a> {
     pub fn new(file: &'a TensorFile, device: &Device) -> Self {
-        Self { source: LoaderSource::File(file), device: device.clone(), used: BTreeSet::new() }
+        Self { source: LoaderSource::File(file), device: device.clone(), used: BTreeSet::new(), linear_dtype: burn::tensor::DType::F32 }
     }
 
     /// A loader that invents every tensor it is asked for (tiny test and benchmark models).
     pub fn random(weights: &'a mut RandomWeights, device: &Device) -> Self {
-        Self { source: LoaderSource::Random(weights), device: device.clone(), used: BTreeSet::new() }
+        Self { source: LoaderSource::Random(weights), device: device.clone(), used: BTreeSet::new(), linear_dtype: burn::tensor::DType::F32 }
     }
 
     pub fn device(&self) -> &Device {
         &self.device
+    }
+
+    /// Store the weights and biases of [`linear`](Self::linear) layers in `dtype` (f16 halves
+    /// the memory of a large model on a GPU); everything else stays f32.
+    pub fn with_linear_dtype(mut self, dtype: burn::tensor::DType) -> Self {
+        self.linear_dtype = dtype;
+        self
     }
 
     /// The tensor `key`, which must have exactly `shape`.
@@ -445,8 +458,14 @@ impl<'a> WeightLoader<'a> {
         d_input: usize,
         d_output: usize,
     ) -> Result<burn::nn::Linear, CheckpointError> {
+        let dtype = self.linear_dtype;
         let weight = self.tensor(&format!("{prefix}.weight"), [d_output, d_input])?.transpose();
         let bias = self.tensor(&format!("{prefix}.bias"), [d_output])?;
+        let (weight, bias) = if dtype == burn::tensor::DType::F32 {
+            (weight, bias)
+        } else {
+            (weight.cast(dtype), bias.cast(dtype))
+        };
         Ok(burn::nn::Linear {
             weight: burn::module::Param::from_tensor(weight),
             bias: Some(burn::module::Param::from_tensor(bias)),

@@ -126,7 +126,7 @@ impl Attention {
         let [batch, tokens, model_dim] = x.dims();
         let (heads, head_dim) = (self.heads, self.head_dim);
 
-        let qkv = self.qkv.forward(self.norm.forward(x)); // [batch, tokens, 3 * model_dim]
+        let qkv = dense(&self.qkv, self.norm.forward(x)); // [batch, tokens, 3 * model_dim]
         let split = |index: usize| {
             qkv.clone()
                 .narrow(2, index * model_dim, model_dim)
@@ -167,7 +167,7 @@ impl Attention {
         let mixed = weights.matmul(values); // [batch, heads, tokens, head_dim]
 
         let merged = mixed.swap_dims(1, 2).reshape([batch, tokens, model_dim]);
-        self.proj.forward(merged)
+        dense(&self.proj, merged)
     }
 }
 
@@ -184,7 +184,20 @@ impl Mlp {
     /// # Shapes
     /// - `x`: `[batch, tokens, model_dim]`
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        self.down.forward(gelu_erf(self.up.forward(self.norm.forward(x))))
+        dense(&self.down, gelu_erf(dense(&self.up, self.norm.forward(x))))
+    }
+}
+
+/// A linear layer whose weights may be stored in half precision: the input is cast to the
+/// weights' type for the matrix product and the result back to the input's type, so the rest
+/// of the network (norms, attention, the affine update) stays in f32.
+pub fn dense<const D: usize>(layer: &Linear, x: Tensor<D>) -> Tensor<D> {
+    let weight_dtype = layer.weight.val().dtype();
+    let input_dtype = x.dtype();
+    if weight_dtype == input_dtype {
+        layer.forward(x)
+    } else {
+        layer.forward(x.cast(weight_dtype)).cast(input_dtype)
     }
 }
 

@@ -8,7 +8,7 @@ use burn::nn::Linear;
 use burn::tensor::activation::softplus;
 use burn::tensor::{Tensor, TensorData};
 
-use super::attention::{AttentionCall, BlockCache, Mask, RmsNorm, TransformerLayer};
+use super::attention::{AttentionCall, BlockCache, Mask, RmsNorm, TransformerLayer, dense};
 use super::config::ScaleKind;
 use super::rope::RopeTable;
 
@@ -131,7 +131,7 @@ impl FlowBlock {
     /// and the class embedding where the block has them.
     fn embed_inputs(&self, inputs: Tensor<3>, start: usize, condition: &BlockCondition) -> Tensor<3> {
         let [_, tokens, _] = inputs.dims();
-        let mut hidden = self.proj_in.forward(inputs); // [batch, tokens, width]
+        let mut hidden = dense(&self.proj_in, inputs); // [batch, tokens, width]
         if let Some(pos_embed) = &self.pos_embed {
             let table = self.permute_table(pos_embed.val());
             hidden = hidden + table.narrow(0, start, tokens).unsqueeze::<3>();
@@ -154,7 +154,7 @@ impl FlowBlock {
             Some(norm) => norm.forward(hidden),
             None => hidden,
         };
-        let mut out = self.proj_out.forward(hidden.clone()); // [batch, tokens, 2 * patch_dim]
+        let mut out = dense(&self.proj_out, hidden.clone()); // [batch, tokens, 2 * patch_dim]
         if let Some((trace, prefix)) = trace {
             if self.final_norm.is_some() {
                 trace.record(format!("{prefix}.final_norm.x"), &hidden);
@@ -199,7 +199,7 @@ impl FlowBlock {
         }
 
         let mut hidden = if let Some(trace) = trace.as_deref_mut() {
-            let projected = self.proj_in.forward(inputs.clone());
+            let projected = dense(&self.proj_in, inputs.clone());
             trace.record(format!("{prefix}.proj_in"), &projected);
             self.embed_inputs(inputs, 0, condition)
         } else {
@@ -208,7 +208,7 @@ impl FlowBlock {
 
         let text_len = match (&self.proj_txt, &condition.text) {
             (Some(proj_txt), Some(text)) => {
-                let text = proj_txt.forward(text.clone()); // [batch, text_len, width]
+                let text = dense(proj_txt, text.clone()); // [batch, text_len, width]
                 if let Some(trace) = trace.as_deref_mut() {
                     trace.record(format!("{prefix}.proj_txt"), &text);
                 }
@@ -286,7 +286,7 @@ impl FlowBlock {
         let text_len = text.dims()[1];
         let rows = rope.map(|table| table.rows(0, text_len));
         let call = AttentionCall { rope: rows.as_ref(), logit_scale: condition.logit_scale.clone() };
-        let mut hidden = proj_txt.forward(text);
+        let mut hidden = dense(proj_txt, text);
         for (index, layer) in self.layers.iter().enumerate() {
             hidden = layer.forward(hidden, Mask::Causal, &call, Some(cache.layer_mut(index)));
         }
@@ -339,10 +339,10 @@ impl DenoiserBlock {
     /// - `tokens`: `[batch, tokens, patch_dim]`, raster order; returns the same shape
     pub fn forward(&self, tokens: Tensor<3>, text: Option<Tensor<3>>, rope: Option<&RopeTable>) -> Tensor<3> {
         let num_tokens = tokens.dims()[1];
-        let mut hidden = self.proj_in.forward(tokens);
+        let mut hidden = dense(&self.proj_in, tokens);
         let text_len = match (&self.proj_txt, text) {
             (Some(proj_txt), Some(text)) => {
-                let text = proj_txt.forward(text);
+                let text = dense(proj_txt, text);
                 let len = text.dims()[1];
                 hidden = Tensor::cat(vec![text, hidden], 1);
                 len
@@ -358,7 +358,7 @@ impl DenoiserBlock {
             Some(norm) => norm.forward(image),
             None => image,
         };
-        self.proj_out.forward(image)
+        dense(&self.proj_out, image)
     }
 }
 

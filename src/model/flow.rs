@@ -226,6 +226,17 @@ impl Flow {
         Self::build(config, WeightLoader::new(file, device))
     }
 
+    /// [`load`](Self::load) with the linear layers' weights in `dtype` (for example f16 on a
+    /// GPU with f16 support); activations, norms and the sampling state stay f32.
+    pub fn load_with_dtype(
+        config: &FlowConfig,
+        file: &TensorFile,
+        device: &Device,
+        dtype: burn::tensor::DType,
+    ) -> Result<Self, CheckpointError> {
+        Self::build(config, WeightLoader::new(file, device).with_linear_dtype(dtype))
+    }
+
     /// A model with random weights (see [`RandomWeights`]), and its state dict under the
     /// official key names, for tests, benchmarks and as a training start.
     pub fn random(config: &FlowConfig, seed: u64, device: &Device) -> (Self, Vec<NamedTensor>) {
