@@ -10,31 +10,13 @@ use std::time::Instant;
 
 use burn::tensor::Device;
 
-use crate::model::config::{Conditioning, ScaleKind, SeqOrder};
 use crate::model::noise::standard_normal;
 use crate::model::{Condition, Flow, FlowConfig, Guidance, GuidanceRule, Progress, SampleObserver, Sampler};
 
 /// The benchmark model: the released flag set at a laptop-friendly size (16x16 latent, 256
 /// tokens, width 128, 2 heads of 64, blocks [2, 2, 6]), guidance on as in real use.
 pub fn bench_config() -> FlowConfig {
-    FlowConfig {
-        latent_channels: 4,
-        latent_height: 16,
-        latent_width: 16,
-        width: 128,
-        head_dim: 64,
-        layers_per_block: vec![2, 2, 6],
-        sos: true,
-        scale: ScaleKind::Softplus,
-        soft_clip: 4.0,
-        final_norm: true,
-        seq_order: SeqOrder::L2R,
-        conditioning: Conditioning::Text,
-        text_len: 16,
-        text_dim: 32,
-        condition_deep_only: true,
-        ..FlowConfig::starflow_3b_t2i_256()
-    }
+    FlowConfig::released_flags_at((4, 16, 16), 128, 64, vec![2, 2, 6], (16, 32))
 }
 
 struct Timer {

@@ -8,7 +8,6 @@ use std::path::{Path, PathBuf};
 use burn::tensor::Device;
 use common::pth::{TorchDType, write_pth};
 use starflow_studio::checkpoint::{CheckpointError, NamedTensor, TensorFile, write_safetensors};
-use starflow_studio::model::config::{Conditioning, ScaleKind, SeqOrder};
 use starflow_studio::model::noise::standard_normal;
 use starflow_studio::model::{Condition, Flow, FlowConfig};
 
@@ -18,24 +17,7 @@ const F16_OUTPUT_TOLERANCE: f32 = 2e-2;
 const BF16_OUTPUT_TOLERANCE: f32 = 1.5e-1;
 
 fn tiny() -> FlowConfig {
-    FlowConfig {
-        latent_channels: 2,
-        latent_height: 4,
-        latent_width: 4,
-        width: 48,
-        head_dim: 24,
-        layers_per_block: vec![1, 2],
-        sos: true,
-        scale: ScaleKind::Softplus,
-        soft_clip: 4.0,
-        final_norm: true,
-        seq_order: SeqOrder::L2R,
-        conditioning: Conditioning::Text,
-        text_len: 3,
-        text_dim: 5,
-        condition_deep_only: true,
-        ..FlowConfig::starflow_3b_t2i_256()
-    }
+    FlowConfig::released_flags_at((2, 4, 4), 48, 24, vec![1, 2], (3, 5))
 }
 
 fn as_triples(tensors: &[NamedTensor]) -> Vec<(String, Vec<usize>, Vec<f32>)> {

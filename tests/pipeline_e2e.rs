@@ -9,7 +9,6 @@ use burn::tensor::Device;
 use starflow_studio::checkpoint::write_safetensors;
 use starflow_studio::image_out::read_png;
 use starflow_studio::metadata::GenerationRecord;
-use starflow_studio::model::config::{Conditioning, ScaleKind, SeqOrder};
 use starflow_studio::model::{Flow, FlowConfig};
 use starflow_studio::pipeline::{Pipeline, PipelineError};
 
@@ -17,23 +16,8 @@ const HF: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden-hf");
 
 fn flow_config() -> FlowConfig {
     FlowConfig {
-        latent_channels: 4,
-        latent_height: 4,
-        latent_width: 4,
-        width: 48,
-        head_dim: 24,
-        layers_per_block: vec![1, 1, 2],
-        sos: true,
-        scale: ScaleKind::Softplus,
-        soft_clip: 4.0,
-        final_norm: true,
-        seq_order: SeqOrder::L2R,
-        conditioning: Conditioning::Text,
-        text_len: 16,
-        text_dim: 32,
-        condition_deep_only: true,
         default_guidance: 2.0,
-        ..FlowConfig::starflow_3b_t2i_256()
+        ..FlowConfig::released_flags_at((4, 4, 4), 48, 24, vec![1, 1, 2], (16, 32))
     }
 }
 

@@ -21,25 +21,7 @@ const JACOBI_EXACT_TOLERANCE: f32 = 2e-5;
 const LOGDET_TOLERANCE: f64 = 1e-4;
 
 fn text_config() -> FlowConfig {
-    FlowConfig {
-        latent_channels: 2,
-        latent_height: 4,
-        latent_width: 6,
-        patch_size: 1,
-        width: 48,
-        head_dim: 24,
-        layers_per_block: vec![1, 2, 2],
-        sos: true,
-        scale: ScaleKind::Softplus,
-        soft_clip: 4.0,
-        final_norm: true,
-        seq_order: SeqOrder::L2R,
-        conditioning: Conditioning::Text,
-        text_len: 3,
-        text_dim: 5,
-        condition_deep_only: true,
-        ..FlowConfig::starflow_3b_t2i_256()
-    }
+    FlowConfig::released_flags_at((2, 4, 6), 48, 24, vec![1, 2, 2], (3, 5))
 }
 
 fn shift_config() -> FlowConfig {

@@ -233,6 +233,31 @@ impl FlowConfig {
         }
     }
 
+    /// The released text-to-image flag set (SOS, softplus, soft clip 4, final norm, L2R, text
+    /// prefix in the deep block only) at another size: for tiny test, benchmark and default
+    /// models. `latent` is (channels, height, width), `text` is (length, width).
+    pub fn released_flags_at(
+        latent: (usize, usize, usize),
+        width: usize,
+        head_dim: usize,
+        layers_per_block: Vec<usize>,
+        text: (usize, usize),
+    ) -> Self {
+        let (latent_channels, latent_height, latent_width) = latent;
+        Self {
+            latent_channels,
+            latent_height,
+            latent_width,
+            width,
+            head_dim,
+            layers_per_block,
+            text_len: text.0,
+            text_dim: text.1,
+            default_guidance: 0.0,
+            ..Self::starflow_3b_t2i_256()
+        }
+    }
+
     /// The preset whose released file name is `file_name` (without directories).
     pub fn preset_for_file(file_name: &str) -> Option<Self> {
         file_name.starts_with("starflow_3B_t2i_256x256").then(Self::starflow_3b_t2i_256)
