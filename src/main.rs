@@ -67,6 +67,18 @@ enum Command {
         #[arg(long)]
         noise: Option<PathBuf>,
     },
+    /// Fetch the released pipeline (flow, text encoder, autoencoder) into a model folder.
+    Download {
+        /// The model folder to fill.
+        #[arg(long)]
+        out: PathBuf,
+        /// Which parts (flow, text-encoder, vae); default all.
+        #[arg(long, value_delimiter = ',')]
+        parts: Vec<starflow_studio::download::Part>,
+        /// No progress bar.
+        #[arg(long)]
+        quiet: bool,
+    },
     /// Print sampling speed of a tiny random model per token, block and image.
     Bench {
         /// Backends to measure.
@@ -90,6 +102,20 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         None => starflow_studio::app::run(),
+        Some(Command::Download { out, parts, quiet }) => {
+            let mut options = starflow_studio::download::DownloadOptions::from_env();
+            if !parts.is_empty() {
+                options.parts = parts;
+            }
+            options.progress = !quiet;
+            let report = starflow_studio::download::download_release(&out, &options)?;
+            log::info!(
+                "{} files in {out:?} are complete ({} bytes fetched now)",
+                report.files.len(),
+                report.bytes_fetched()
+            );
+            Ok(())
+        }
         Some(Command::Bench { backend }) => {
             let mut rows = Vec::new();
             for choice in backend {
