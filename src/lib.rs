@@ -30,3 +30,4 @@ pub mod metadata;
 pub mod model;
 pub mod pipeline;
 pub mod text;
+pub mod train;

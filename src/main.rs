@@ -79,6 +79,31 @@ enum Command {
         #[arg(long)]
         quiet: bool,
     },
+    /// Train the embedded default model from a seed (resumes an interrupted run).
+    Train {
+        /// Where the finished model folder is written.
+        #[arg(long, default_value = "assets/default-model")]
+        out: PathBuf,
+        /// Snapshots of the run, for resuming.
+        #[arg(long, default_value = "target/train-checkpoints")]
+        checkpoints: PathBuf,
+        #[arg(long, default_value_t = 4)]
+        seed: u64,
+    },
+    /// Score the default model on held-out captions with the attribute checker.
+    EvalDefault {
+        /// Number of held-out captions.
+        #[arg(long, default_value_t = 200)]
+        prompts: usize,
+        /// Where report.json and the image grid go.
+        #[arg(long)]
+        out: PathBuf,
+        /// The model folder (default: the embedded model).
+        #[arg(long)]
+        model: Option<PathBuf>,
+        #[arg(long, value_enum, default_value = "cpu")]
+        backend: BackendChoice,
+    },
     /// Print sampling speed of a tiny random model per token, block and image.
     Bench {
         /// Backends to measure.
@@ -114,6 +139,21 @@ fn main() -> anyhow::Result<()> {
                 report.files.len(),
                 report.bytes_fetched()
             );
+            Ok(())
+        }
+        Some(Command::Train { out, checkpoints, seed }) => {
+            let mut options = starflow_studio::train::TrainOptions::default_model(out, checkpoints);
+            options.seed = seed;
+            let mut bar = starflow_studio::train::TerminalProgress::new();
+            let report = starflow_studio::train::run_training(&options, &mut |event| bar.observe(event))?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(())
+        }
+        Some(Command::EvalDefault { prompts, out, model, backend: choice }) => {
+            let model = model.unwrap_or_else(default_model_dir);
+            let selected = backend::select(choice);
+            let report = starflow_studio::train::eval_default(&model, prompts, &out, &selected.device)?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(())
         }
         Some(Command::Bench { backend }) => {
@@ -187,6 +227,11 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// Where the embedded default model lives in the source tree.
+fn default_model_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/default-model")
 }
 
 fn write_layers(dir: &Path, pipeline: &Pipeline, generated: &starflow_studio::pipeline::Generated) -> anyhow::Result<()> {

@@ -381,6 +381,19 @@ impl RandomWeights {
     pub fn into_tensors(self) -> Vec<NamedTensor> {
         self.produced
     }
+
+    /// Draw the tensor `key` of `shape` as [`WeightLoader::random`] does, and record it.
+    pub fn tensor<const D: usize>(
+        &mut self,
+        key: &str,
+        shape: [usize; D],
+        device: &Device,
+    ) -> Tensor<D> {
+        let values = self.draw(key, &shape);
+        let drawn = NamedTensor { key: key.to_string(), shape: shape.to_vec(), values: values.clone() };
+        self.produced.push(drawn);
+        Tensor::from_data(TensorData::new(values, shape), device)
+    }
 }
 
 enum LoaderSource<'a> {

@@ -11,11 +11,12 @@
 
 use std::collections::BTreeSet;
 use std::path::{Component, Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
 
 use burn::tensor::{Device, Tensor};
 use serde::de::DeserializeOwned;
 
-use crate::checkpoint::{CheckpointError, TensorFile, WeightLoader};
+use crate::checkpoint::{CheckpointError, NamedTensor, RandomWeights, TensorFile, WeightLoader};
 
 /// What can go wrong while finding a model's files in its folder.
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +63,8 @@ pub struct WeightFiles {
     files: Vec<TensorFile>,
     /// The single file, or the index: what error messages name for a key no file holds.
     origin: PathBuf,
+    /// Set for [`WeightFiles::random`]: every key is invented instead of read.
+    random: Option<Mutex<RandomWeights>>,
 }
 
 /// Read and parse `dir/config.json` (or another name) into `T`; unknown keys are ignored.
@@ -114,7 +117,7 @@ impl WeightFiles {
     /// One safetensors (or `.pth`) file.
     pub fn open_file(path: &Path) -> Result<Self, HubError> {
         let file = TensorFile::open(path)?;
-        Ok(Self { files: vec![file], origin: path.to_path_buf() })
+        Ok(Self { files: vec![file], origin: path.to_path_buf(), random: None })
     }
 
     /// Every shard named in a `*.safetensors.index.json` (shards are looked up next to it).
@@ -148,7 +151,26 @@ impl WeightFiles {
             .iter()
             .map(|name| TensorFile::open(dir.join(name)))
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(Self { files, origin: path.to_path_buf() })
+        Ok(Self { files, origin: path.to_path_buf(), random: None })
+    }
+
+    /// Weights that hold every key a loader asks for, drawn by `weights` (see
+    /// [`RandomWeights`]): a T5 encoder or an autoencoder with random weights, built by the
+    /// same loaders as a checkpoint, for tests and as a training start. [`Self::contains`] is
+    /// false for every key, so the loaders pick the current key names.
+    pub fn random(weights: RandomWeights) -> Self {
+        let origin = PathBuf::from("<random weights>");
+        Self { files: Vec::new(), origin, random: Some(Mutex::new(weights)) }
+    }
+
+    /// The tensors a random source handed out, in drawing order (empty for files).
+    pub fn into_random_tensors(self) -> Vec<NamedTensor> {
+        match self.random {
+            Some(random) => {
+                random.into_inner().unwrap_or_else(|poisoned| poisoned.into_inner()).into_tensors()
+            }
+            None => Vec::new(),
+        }
     }
 
     /// The file or index the weights came from.
@@ -171,7 +193,12 @@ impl WeightFiles {
 
     pub fn loader(&self, device: &Device) -> ShardedLoader<'_> {
         let loaders = self.files.iter().map(|file| WeightLoader::new(file, device)).collect();
-        ShardedLoader { weights: self, loaders, device: device.clone() }
+        // A panic while drawing leaves nothing half-written that matters: keep drawing.
+        let random = self
+            .random
+            .as_ref()
+            .map(|r| r.lock().unwrap_or_else(|poisoned| poisoned.into_inner()));
+        ShardedLoader { weights: self, loaders, random, device: device.clone() }
     }
 }
 
@@ -179,6 +206,8 @@ impl WeightFiles {
 pub struct ShardedLoader<'a> {
     weights: &'a WeightFiles,
     loaders: Vec<WeightLoader<'a>>,
+    /// The source of [`WeightFiles::random`], held while this loader lives.
+    random: Option<MutexGuard<'a, RandomWeights>>,
     device: Device,
 }
 
@@ -197,6 +226,9 @@ impl ShardedLoader<'_> {
         key: &str,
         shape: [usize; D],
     ) -> Result<Tensor<D>, CheckpointError> {
+        if let Some(random) = self.random.as_mut() {
+            return Ok(random.tensor(key, shape, &self.device));
+        }
         let position = self.weights.files.iter().position(|file| file.contains(key));
         match position {
             Some(position) => self.loaders[position].tensor(key, shape),
