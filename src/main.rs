@@ -9,7 +9,7 @@ use starflow_studio::backend::{self, BackendChoice};
 use starflow_studio::image_out::save_png;
 use starflow_studio::metadata::GenerationRecord;
 use starflow_studio::model::{Guidance, Sampler};
-use starflow_studio::pipeline::{Denoise, GenerateRequest, Pipeline, Precision};
+use starflow_studio::pipeline::{Denoise, GenerateRequest, Pipeline, Precision, default_model_dir};
 
 #[derive(Parser)]
 #[command(name = "starflow-studio", version, about = "Text-to-image with STARFlow normalizing flows")]
@@ -184,11 +184,14 @@ fn main() -> anyhow::Result<()> {
             precision,
             noise,
         }) => {
-            let Some(model) = model else {
-                bail!(
-                    "No --model was given and the embedded default model is not shipped yet \
-                     (issue #4). Pass --model FOLDER."
-                );
+            let model = match model {
+                Some(model) => model,
+                None if starflow_studio::pipeline::default_model_available() => default_model_dir(),
+                None => bail!(
+                    "No --model was given and the embedded default model is missing from {:?}; \
+                     train it with `starflow-studio train` or pass --model FOLDER.",
+                    default_model_dir()
+                ),
             };
             let selected = backend::select(choice);
             log::info!("Device: {}", selected.description);
@@ -227,11 +230,6 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
-}
-
-/// Where the embedded default model lives in the source tree.
-fn default_model_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/default-model")
 }
 
 fn write_layers(dir: &Path, pipeline: &Pipeline, generated: &starflow_studio::pipeline::Generated) -> anyhow::Result<()> {

@@ -157,6 +157,16 @@ pub struct Pipeline {
     pub device: Device,
 }
 
+/// Where the embedded default model lives (`assets/default-model` in the source tree).
+pub fn default_model_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("assets").join("default-model")
+}
+
+/// Whether the embedded default model is present.
+pub fn default_model_available() -> bool {
+    default_model_dir().join("flow.json").is_file()
+}
+
 /// The one weights file at the folder's top level.
 pub fn find_weights(folder: &Path) -> Result<PathBuf, PipelineError> {
     let entries = std::fs::read_dir(folder).map_err(|error| PipelineError::Folder { path: folder.to_path_buf(), error })?;
@@ -250,6 +260,32 @@ fn folder_elements(dir: &Path) -> usize {
         .sum()
 }
 
+/// Latents decoded to fit a preview map for an autoencoder without published coefficients.
+const PREVIEW_FIT_SAMPLES: usize = 4;
+
+/// The live-preview map: the published SD kl-f8 coefficients for an SD-style autoencoder (4
+/// channels, factor 8, scale 0.18215), else a least-squares fit to what this autoencoder
+/// decodes standard-normal flow latents to.
+fn preview_for(vae: &AutoencoderKl, config: &FlowConfig, device: &Device) -> Option<LatentPreview> {
+    let vae_config = vae.config();
+    let sd_like = vae_config.latent_channels == 4
+        && vae_config.downsample_factor() == 8
+        && (vae_config.scaling_factor - 0.18215).abs() < 1e-6;
+    if sd_like {
+        return Some(LatentPreview::sd_kl_f8());
+    }
+    let shape = [PREVIEW_FIT_SAMPLES, config.latent_channels, config.latent_height, config.latent_width];
+    let latent = crate::model::noise::standard_normal(shape, 0, device);
+    let image = vae.decode_from_flow(latent.clone());
+    match LatentPreview::fit(latent, image) {
+        Ok(preview) => Some(preview),
+        Err(err) => {
+            log::warn!("No live preview map for this autoencoder ({err}); previews use the full decoder");
+            None
+        }
+    }
+}
+
 impl Pipeline {
     /// Load a model folder onto `device` with [`Precision::Auto`].
     pub fn load(folder: &Path, device: &Device) -> Result<Self, PipelineError> {
@@ -338,10 +374,7 @@ impl Pipeline {
         } else {
             None
         };
-        let preview = match &vae {
-            Some(vae) if vae.config().latent_channels == 4 => Some(LatentPreview::sd_kl_f8()),
-            _ => None,
-        };
+        let preview = vae.as_ref().and_then(|vae| preview_for(vae, &config, device));
         progress("ready", 1.0);
         log::info!(
             "Loaded {:?}: {} parameters in {:.1} s",

@@ -6,12 +6,16 @@ use std::time::{Duration, Instant};
 
 use eframe::egui;
 
-use super::export::{ExportFormat, FileEvent, FileJob, FileWorker, Restored, file_stem, pictures_folder};
+use super::AppOptions;
+use super::export::{
+    ExportFormat, FileEvent, FileJob, FileWorker, Restored, file_stem, pictures_folder,
+};
 use super::history::HistoryEntry;
 use super::state::{SETTINGS_KEY, Settings};
 use super::ui::{self, Action};
-use super::worker::{BlockPlan, Event, JobId, ModelInfo, Outcome, RunStatus, Stage, Worker, WorkerOptions};
-use super::AppOptions;
+use super::worker::{
+    BlockPlan, Event, JobId, ModelInfo, Outcome, RunStatus, Stage, Worker, WorkerOptions,
+};
 
 /// Longest time one frame spends draining events.
 const DRAIN_BUDGET: Duration = Duration::from_millis(4);
@@ -24,7 +28,7 @@ pub const PLAY_STEP_SECS: f32 = 0.6;
 #[derive(Debug, Clone)]
 pub enum ModelState {
     None,
-    Loading { folder: PathBuf },
+    Loading { folder: PathBuf, stage: String, done: f32 },
     Ready(Box<ModelInfo>),
     Failed { folder: PathBuf, message: String },
 }
@@ -121,8 +125,10 @@ pub struct StudioApp {
 
 impl StudioApp {
     pub fn new(cc: &eframe::CreationContext<'_>, options: AppOptions) -> Self {
-        let mut settings: Settings =
-            cc.storage.and_then(|storage| eframe::get_value(storage, SETTINGS_KEY)).unwrap_or_default();
+        let mut settings: Settings = cc
+            .storage
+            .and_then(|storage| eframe::get_value(storage, SETTINGS_KEY))
+            .unwrap_or_default();
         if let Some(folder) = &options.model_folder {
             settings.model_folder = Some(folder.clone());
         }
@@ -130,7 +136,10 @@ impl StudioApp {
             settings.backend = backend;
         }
         let ctx = cc.egui_ctx.clone();
-        let channel_shader = cc.wgpu_render_state.as_ref().is_some_and(ui::channels::install);
+        let channel_shader = cc
+            .wgpu_render_state
+            .as_ref()
+            .is_some_and(ui::channels::install);
         let worker = spawn_worker(&ctx, options.event_capacity).unwrap_or_else(|error| {
             panic!("the generation worker thread could not be started: {error:#}")
         });
@@ -138,7 +147,11 @@ impl StudioApp {
             .unwrap_or_else(|error| panic!("the file thread could not be started: {error:#}"));
         files.send(FileJob::HistoryList);
         let mut app = Self {
-            model_folder_text: settings.model_folder.as_ref().map(|f| f.display().to_string()).unwrap_or_default(),
+            model_folder_text: settings
+                .model_folder
+                .as_ref()
+                .map(|f| f.display().to_string())
+                .unwrap_or_default(),
             settings,
             pending_generate: options.generate_on_start,
             options,
@@ -160,7 +173,11 @@ impl StudioApp {
             ctx,
         };
         app.suggest_export_path();
-        if let Some(folder) = app.settings.model_folder.clone() {
+        // First run (nothing remembered): the embedded default model, so the app works at once.
+        let start_folder = app.settings.model_folder.clone().or_else(|| {
+            crate::pipeline::default_model_available().then(crate::pipeline::default_model_dir)
+        });
+        if let Some(folder) = start_folder {
             app.load_model(&folder);
         }
         app
@@ -168,13 +185,23 @@ impl StudioApp {
 
     pub fn load_model(&mut self, folder: &Path) {
         self.model_folder_text = folder.display().to_string();
-        self.model = ModelState::Loading { folder: folder.to_path_buf() };
+        self.model = ModelState::Loading {
+            stage: String::new(),
+            done: 0.0,
+            folder: folder.to_path_buf(),
+        };
         self.worker.load(folder, self.settings.backend);
     }
 
     pub fn is_running(&self) -> bool {
-        self.run.as_ref().is_some_and(|run| run.state == RunState::Running)
-            || (self.current_job.is_some() && self.run.as_ref().is_none_or(|r| Some(r.id) != self.current_job))
+        self.run
+            .as_ref()
+            .is_some_and(|run| run.state == RunState::Running)
+            || (self.current_job.is_some()
+                && self
+                    .run
+                    .as_ref()
+                    .is_none_or(|r| Some(r.id) != self.current_job))
     }
 
     pub fn model_info(&self) -> Option<&ModelInfo> {
@@ -187,7 +214,10 @@ impl StudioApp {
     /// Start a generation (stopping one that runs).
     pub fn generate(&mut self) {
         let Some(model) = self.model_info() else {
-            self.message = Some(Message { text: "Load a model before generating.".into(), error: true });
+            self.message = Some(Message {
+                text: "Load a model before generating.".into(),
+                error: true,
+            });
             return;
         };
         let request = self.settings.request(model);
@@ -235,20 +265,31 @@ impl StudioApp {
                     self.load_model(&folder);
                 }
             }
-            Err(error) => self.message = Some(Message { text: format!("{error:#}"), error: true }),
+            Err(error) => {
+                self.message = Some(Message {
+                    text: format!("{error:#}"),
+                    error: true,
+                })
+            }
         }
     }
 
     fn texture(&mut self, name: &str, image: &crate::image_out::RgbImage) -> egui::TextureHandle {
         let color = egui::ColorImage::from_rgb([image.width, image.height], &image.pixels);
-        self.ctx.load_texture(name, color, egui::TextureOptions::NEAREST)
+        self.ctx
+            .load_texture(name, color, egui::TextureOptions::NEAREST)
     }
 
     fn stage_view(&mut self, stage: Stage) -> StageView {
         let key = self.next_key;
         self.next_key += 1;
         let texture = self.texture(&format!("stage-{key}"), &stage.image);
-        StageView { stage, texture, key, channels_texture: None }
+        StageView {
+            stage,
+            texture,
+            key,
+            channels_texture: None,
+        }
     }
 
     /// Apply worker and file events for at most [`DRAIN_BUDGET`].
@@ -284,24 +325,47 @@ impl StudioApp {
     fn apply(&mut self, event: Event) {
         match event {
             Event::Device { description, .. } => self.device = Some(description),
-            Event::Loading { folder } => self.model = ModelState::Loading { folder },
+            Event::Loading { folder } => {
+                self.model = ModelState::Loading { folder, stage: String::new(), done: 0.0 }
+            }
+            Event::LoadProgress { stage: new_stage, done: new_done } => {
+                if let ModelState::Loading { stage, done, .. } = &mut self.model {
+                    *stage = new_stage;
+                    *done = new_done;
+                }
+            }
             Event::Loaded(info) => {
-                let new_model = self.settings.model_folder.as_deref() != Some(info.folder.as_path());
+                let new_model =
+                    self.settings.model_folder.as_deref() != Some(info.folder.as_path());
                 self.settings.adapt_to(&info, new_model);
                 self.settings.model_folder = Some(info.folder.clone());
-                self.message = Some(Message { text: format!("Loaded {}", info.name), error: false });
+                self.message = Some(Message {
+                    text: format!("Loaded {}", info.name),
+                    error: false,
+                });
                 self.model = ModelState::Ready(info);
             }
             Event::LoadFailed { folder, message } => {
-                self.message = Some(Message { text: message.clone(), error: true });
+                self.message = Some(Message {
+                    text: message.clone(),
+                    error: true,
+                });
                 self.model = ModelState::Failed { folder, message };
                 self.pending_generate = false;
             }
-            Event::Started { id, index, seed, plan } => {
+            Event::Started {
+                id,
+                index,
+                seed,
+                plan,
+            } => {
                 if Some(id) != self.current_job {
                     return;
                 }
-                let requested_at = self.run.as_ref().map_or_else(Instant::now, |r| r.requested_at);
+                let requested_at = self
+                    .run
+                    .as_ref()
+                    .map_or_else(Instant::now, |r| r.requested_at);
                 let first_preview_secs = self.run.as_ref().and_then(|r| r.first_preview_secs);
                 self.run = Some(Run {
                     id,
@@ -334,7 +398,10 @@ impl StudioApp {
                 let run = self.run_for(id).expect("checked above");
                 match &mut run.preview {
                     Some(texture) => texture.set(color, egui::TextureOptions::NEAREST),
-                    None => run.preview = Some(ctx.load_texture("preview", color, egui::TextureOptions::NEAREST)),
+                    None => {
+                        run.preview =
+                            Some(ctx.load_texture("preview", color, egui::TextureOptions::NEAREST))
+                    }
                 }
                 run.status = Some(status);
                 run.previews_shown += 1;
@@ -354,13 +421,24 @@ impl StudioApp {
             Event::Finished { id, outcome } => {
                 if self.run_for(id).is_none() {
                     // A result of an older job still goes to the history.
-                    self.files.send(FileJob::HistoryAdd { image: outcome.image().clone(), record: outcome.record.clone() });
+                    self.files.send(FileJob::HistoryAdd {
+                        image: outcome.image().clone(),
+                        record: outcome.record.clone(),
+                    });
                     return;
                 }
                 let have = self.run_for(id).map_or(0, |r| r.stages.len());
-                let missing: Vec<StageView> =
-                    outcome.stages.iter().skip(have).cloned().map(|s| self.stage_view(s)).collect();
-                self.files.send(FileJob::HistoryAdd { image: outcome.image().clone(), record: outcome.record.clone() });
+                let missing: Vec<StageView> = outcome
+                    .stages
+                    .iter()
+                    .skip(have)
+                    .cloned()
+                    .map(|s| self.stage_view(s))
+                    .collect();
+                self.files.send(FileJob::HistoryAdd {
+                    image: outcome.image().clone(),
+                    record: outcome.record.clone(),
+                });
                 let last_of_batch = outcome.index + 1 >= self.settings.batch_count;
                 let run = self.run_for(id).expect("checked above");
                 run.stages.extend(missing);
@@ -376,7 +454,10 @@ impl StudioApp {
                 if let Some(run) = self.run_for(id) {
                     run.state = RunState::Cancelled;
                     let text = match &status {
-                        Some(s) => format!("Stopped in {} at token {}/{}.", s.block_name, s.progress.done, s.progress.tokens),
+                        Some(s) => format!(
+                            "Stopped in {} at token {}/{}.",
+                            s.block_name, s.progress.done, s.progress.tokens
+                        ),
                         None => "Stopped before it started.".to_string(),
                     };
                     self.message = Some(Message { text, error: false });
@@ -395,7 +476,10 @@ impl StudioApp {
                     }
                 }
                 log::error!("{message}");
-                self.message = Some(Message { text: message, error: true });
+                self.message = Some(Message {
+                    text: message,
+                    error: true,
+                });
             }
         }
     }
@@ -410,10 +494,19 @@ impl StudioApp {
                 if let Some(folder) = path.parent() {
                     self.settings.export_folder = Some(folder.to_path_buf());
                 }
-                self.message = Some(Message { text: format!("Saved {}", path.display()), error: false });
+                self.message = Some(Message {
+                    text: format!("Saved {}", path.display()),
+                    error: false,
+                });
             }
-            FileEvent::Picked { path: Some(path), .. } => self.save_to(&path),
-            FileEvent::Picked { path: None, elapsed, .. } => {
+            FileEvent::Picked {
+                path: Some(path), ..
+            } => self.save_to(&path),
+            FileEvent::Picked {
+                path: None,
+                elapsed,
+                ..
+            } => {
                 if elapsed < DIALOG_MIN_OPEN {
                     self.dialog_unavailable = true;
                     self.message = Some(Message {
@@ -434,11 +527,18 @@ impl StudioApp {
                 });
             }
             FileEvent::Restored { path, restored } => {
-                let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                let name = path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
                 match restored {
                     Restored::Record(record) => self.settings.restore(&record),
                     Restored::Parameters(parameters) => {
-                        let rule = self.model_info().map_or(crate::model::GuidanceRule::Gaussian, |m| m.config.guidance_rule);
+                        let rule = self
+                            .model_info()
+                            .map_or(crate::model::GuidanceRule::Gaussian, |m| {
+                                m.config.guidance_rule
+                            });
                         self.settings.restore_parameters(&parameters, rule);
                     }
                 }
@@ -446,22 +546,38 @@ impl StudioApp {
                     self.settings.adapt_to(&model, false);
                 }
                 self.message = Some(Message {
-                    text: format!("Restored prompt, seed {} and settings from {name}", self.settings.seed),
+                    text: format!(
+                        "Restored prompt, seed {} and settings from {name}",
+                        self.settings.seed
+                    ),
                     error: false,
                 });
             }
-            FileEvent::Copied => self.message = Some(Message { text: "Copied the image.".into(), error: false }),
+            FileEvent::Copied => {
+                self.message = Some(Message {
+                    text: "Copied the image.".into(),
+                    error: false,
+                })
+            }
             FileEvent::History(entries) => {
-                self.history = entries.into_iter().map(|entry| self.history_item(entry)).collect();
+                self.history = entries
+                    .into_iter()
+                    .map(|entry| self.history_item(entry))
+                    .collect();
             }
             FileEvent::HistoryAdded(entry) => {
                 let item = self.history_item(entry);
                 self.history.insert(0, item);
             }
-            FileEvent::HistoryDeleted { path } => self.history.retain(|item| item.entry.path != path),
+            FileEvent::HistoryDeleted { path } => {
+                self.history.retain(|item| item.entry.path != path)
+            }
             FileEvent::Failed { message } => {
                 log::error!("{message}");
-                self.message = Some(Message { text: message, error: true });
+                self.message = Some(Message {
+                    text: message,
+                    error: true,
+                });
             }
         }
     }
@@ -489,18 +605,34 @@ impl StudioApp {
             Some(outcome) => (outcome.request.prompt.clone(), outcome.request.seed),
             None => (self.settings.prompt.clone(), self.settings.seed),
         };
-        let name = format!("{}.{}", file_stem(&prompt, seed), self.settings.export_format.extension());
+        let name = format!(
+            "{}.{}",
+            file_stem(&prompt, seed),
+            self.settings.export_format.extension()
+        );
         self.export_path = self.export_folder().join(name).display().to_string();
     }
 
     fn save_to(&mut self, path: &Path) {
         let Some(outcome) = self.run.as_ref().and_then(|r| r.outcome.as_ref()) else {
-            self.message = Some(Message { text: "There is no finished image to save yet.".into(), error: true });
+            self.message = Some(Message {
+                text: "There is no finished image to save yet.".into(),
+                error: true,
+            });
             return;
         };
         let (path, format) = path_with_format(path, self.settings.export_format);
-        let text = if format == ExportFormat::Png { outcome.record.png_text() } else { Vec::new() };
-        self.files.send(FileJob::Save { path, image: outcome.image().clone(), format, text });
+        let text = if format == ExportFormat::Png {
+            outcome.record.png_text()
+        } else {
+            Vec::new()
+        };
+        self.files.send(FileJob::Save {
+            path,
+            image: outcome.image().clone(),
+            format,
+            text,
+        });
     }
 
     fn act(&mut self, action: Action) {
@@ -516,47 +648,88 @@ impl StudioApp {
             }
             Action::SaveDialog => {
                 let path = PathBuf::from(self.export_path.trim());
-                let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-                self.files.send(FileJob::PickPath { folder: self.export_folder(), name, format: self.settings.export_format });
+                let name = path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                self.files.send(FileJob::PickPath {
+                    folder: self.export_folder(),
+                    name,
+                    format: self.settings.export_format,
+                });
             }
             Action::SaveStrip => {
-                let Some(run) = self.run.as_ref().filter(|r| r.outcome.is_some()) else { return };
+                let Some(run) = self.run.as_ref().filter(|r| r.outcome.is_some()) else {
+                    return;
+                };
                 let outcome = run.outcome.as_ref().expect("filtered above");
                 let typed = PathBuf::from(self.export_path.trim());
-                let stem = typed.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "starflow".into());
+                let stem = typed
+                    .file_stem()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| "starflow".into());
                 let path = self.export_folder().join(format!("{stem}-strip.png"));
                 let images = outcome.stages.iter().map(|s| s.image.clone()).collect();
-                self.files.send(FileJob::SaveStrip { path, images, text: outcome.record.png_text() });
+                self.files.send(FileJob::SaveStrip {
+                    path,
+                    images,
+                    text: outcome.record.png_text(),
+                });
             }
             Action::Copy => {
                 if let Some(outcome) = self.run.as_ref().and_then(|r| r.outcome.as_ref()) {
-                    self.files.send(FileJob::Copy { image: outcome.image().clone() });
+                    self.files.send(FileJob::Copy {
+                        image: outcome.image().clone(),
+                    });
                 }
             }
             Action::FormatChanged => {
                 let typed = PathBuf::from(self.export_path.trim());
-                self.export_path = typed.with_extension(self.settings.export_format.extension()).display().to_string();
+                self.export_path = typed
+                    .with_extension(self.settings.export_format.extension())
+                    .display()
+                    .to_string();
             }
             Action::HistoryReuse(index) => {
                 if let Some(record) = self.history.get(index).and_then(|i| i.entry.record.clone()) {
                     self.settings.restore(&record);
-                    self.message = Some(Message { text: format!("Reusing the settings of seed {}", record.seed), error: false });
+                    self.message = Some(Message {
+                        text: format!("Reusing the settings of seed {}", record.seed),
+                        error: false,
+                    });
                 }
             }
             Action::HistoryExport(index) => {
-                let Some(item) = self.history.get(index) else { return };
-                let (prompt, seed) = item.entry.record.as_ref().map_or((String::new(), 0), |r| (r.prompt.clone(), r.seed));
+                let Some(item) = self.history.get(index) else {
+                    return;
+                };
+                let (prompt, seed) = item
+                    .entry
+                    .record
+                    .as_ref()
+                    .map_or((String::new(), 0), |r| (r.prompt.clone(), r.seed));
                 let format = self.settings.export_format;
-                let path = self.export_folder().join(format!("{}.{}", file_stem(&prompt, seed), format.extension()));
+                let path = self.export_folder().join(format!(
+                    "{}.{}",
+                    file_stem(&prompt, seed),
+                    format.extension()
+                ));
                 let text = match (&item.entry.record, format) {
                     (Some(record), ExportFormat::Png) => record.png_text(),
                     _ => Vec::new(),
                 };
-                self.files.send(FileJob::Save { path, image: item.entry.image.clone(), format, text });
+                self.files.send(FileJob::Save {
+                    path,
+                    image: item.entry.image.clone(),
+                    format,
+                    text,
+                });
             }
             Action::HistoryDelete(index) => {
                 if let Some(item) = self.history.get(index) {
-                    self.files.send(FileJob::HistoryDelete { path: item.entry.path.clone() });
+                    self.files.send(FileJob::HistoryDelete {
+                        path: item.entry.path.clone(),
+                    });
                 }
             }
         }
@@ -568,7 +741,12 @@ impl StudioApp {
         let (generate, cancel, dropped) = ctx.input_mut(|input| {
             let generate = input.consume_key(egui::Modifiers::COMMAND, egui::Key::Enter);
             let cancel = input.consume_key(egui::Modifiers::NONE, egui::Key::Escape);
-            let dropped: Vec<PathBuf> = input.raw.dropped_files.iter().map(|f| f.path().to_path_buf()).collect();
+            let dropped: Vec<PathBuf> = input
+                .raw
+                .dropped_files
+                .iter()
+                .map(|f| f.path().to_path_buf())
+                .collect();
             (generate, cancel, dropped)
         });
         if generate {
@@ -602,14 +780,20 @@ impl eframe::App for StudioApp {
         let started = Instant::now();
         let ctx = ui.ctx().clone();
         let mut actions = self.handle_keys_and_drops(&ctx);
-        egui::Panel::top("model").show(ui, |ui| ui::model_bar::model_bar_ui(ui, self, &mut actions));
+        egui::Panel::top("model")
+            .show(ui, |ui| ui::model_bar::model_bar_ui(ui, self, &mut actions));
         egui::Panel::bottom("status").show(ui, |ui| ui::status::status_ui(ui, self, &mut actions));
-        egui::Panel::left("controls").resizable(true).default_size(300.0).show(ui, |ui| {
-            egui::ScrollArea::vertical().show(ui, |ui| ui::controls::controls_ui(ui, self, &mut actions));
-        });
-        egui::Panel::right("history").resizable(true).default_size(180.0).show(ui, |ui| {
-            ui::history::history_ui(ui, self, &mut actions)
-        });
+        egui::Panel::left("controls")
+            .resizable(true)
+            .default_size(300.0)
+            .show(ui, |ui| {
+                egui::ScrollArea::vertical()
+                    .show(ui, |ui| ui::controls::controls_ui(ui, self, &mut actions));
+            });
+        egui::Panel::right("history")
+            .resizable(true)
+            .default_size(180.0)
+            .show(ui, |ui| ui::history::history_ui(ui, self, &mut actions));
         egui::CentralPanel::default().show(ui, |ui| {
             ui::export_bar::export_bar_ui(ui, self, &mut actions);
             ui.separator();
@@ -637,7 +821,11 @@ fn notifier(ctx: &egui::Context) -> Arc<dyn Fn() + Send + Sync> {
 }
 
 fn spawn_worker(ctx: &egui::Context, event_capacity: usize) -> anyhow::Result<Worker> {
-    Worker::spawn(WorkerOptions { event_capacity, notify: Some(notifier(ctx)), ..WorkerOptions::default() })
+    Worker::spawn(WorkerOptions {
+        event_capacity,
+        notify: Some(notifier(ctx)),
+        ..WorkerOptions::default()
+    })
 }
 
 /// `path` with an extension: a known one picks the format, else `fallback`'s is added.

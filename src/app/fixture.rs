@@ -44,6 +44,7 @@ pub fn write_model_folder(folder: &Path, config: &FlowConfig, seed: u64) -> anyh
     let (_, tensors) = Flow::random(config, seed, &Device::flex());
     write_safetensors(&folder.join("tiny.safetensors"), &tensors).context("writing the weights")?;
     let json = serde_json::to_string_pretty(config).context("serializing the config")?;
-    std::fs::write(folder.join("flow.json"), json).with_context(|| format!("writing {folder:?}/flow.json"))?;
+    std::fs::write(folder.join("flow.json"), json)
+        .with_context(|| format!("writing {folder:?}/flow.json"))?;
     Ok(())
 }

@@ -23,7 +23,8 @@ pub struct HistoryEntry {
 
 /// `<data dir>/history`, from the directories crate; `None` when the platform has no home.
 pub fn default_folder() -> Option<PathBuf> {
-    directories::ProjectDirs::from("org", "starflow", "STARFlow Studio").map(|dirs| dirs.data_dir().join("history"))
+    directories::ProjectDirs::from("org", "starflow", "STARFlow Studio")
+        .map(|dirs| dirs.data_dir().join("history"))
 }
 
 /// The newest entries first. A missing folder is an empty history; unreadable files are
@@ -32,7 +33,9 @@ pub fn list(folder: &Path) -> anyhow::Result<Vec<HistoryEntry>> {
     let entries = match std::fs::read_dir(folder) {
         Ok(entries) => entries,
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(error) => return Err(error).with_context(|| format!("reading the history folder {folder:?}")),
+        Err(error) => {
+            return Err(error).with_context(|| format!("reading the history folder {folder:?}"));
+        }
     };
     let mut paths: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -41,19 +44,29 @@ pub fn list(folder: &Path) -> anyhow::Result<Vec<HistoryEntry>> {
     paths.sort();
     paths.reverse();
     paths.truncate(MAX_ENTRIES);
-    Ok(paths.into_iter().filter_map(|path| match read_entry(&path) {
-        Ok(entry) => Some(entry),
-        Err(error) => {
-            log::warn!("Skipping a history entry that cannot be read: {error:#}");
-            None
-        }
-    }).collect())
+    Ok(paths
+        .into_iter()
+        .filter_map(|path| match read_entry(&path) {
+            Ok(entry) => Some(entry),
+            Err(error) => {
+                log::warn!("Skipping a history entry that cannot be read: {error:#}");
+                None
+            }
+        })
+        .collect())
 }
 
 /// Save a result as `<unix millis>-<seed>.png` with its metadata.
-pub fn add(folder: &Path, image: &RgbImage, record: &GenerationRecord) -> anyhow::Result<HistoryEntry> {
-    std::fs::create_dir_all(folder).with_context(|| format!("creating the history folder {folder:?}"))?;
-    let millis = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
+pub fn add(
+    folder: &Path,
+    image: &RgbImage,
+    record: &GenerationRecord,
+) -> anyhow::Result<HistoryEntry> {
+    std::fs::create_dir_all(folder)
+        .with_context(|| format!("creating the history folder {folder:?}"))?;
+    let millis = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
     let mut path = folder.join(format!("{millis:015}-{}.png", record.seed));
     let mut suffix = 1;
     while path.exists() {
@@ -61,7 +74,12 @@ pub fn add(folder: &Path, image: &RgbImage, record: &GenerationRecord) -> anyhow
         suffix += 1;
     }
     save_png(&path, image, &record.png_text()).context("saving the result to the history")?;
-    Ok(HistoryEntry { path, record: Some(record.clone()), image: image.clone(), thumbnail: thumbnail(image) })
+    Ok(HistoryEntry {
+        path,
+        record: Some(record.clone()),
+        image: image.clone(),
+        thumbnail: thumbnail(image),
+    })
 }
 
 pub fn delete(path: &Path) -> anyhow::Result<()> {
@@ -72,7 +90,12 @@ fn read_entry(path: &Path) -> anyhow::Result<HistoryEntry> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {path:?}"))?;
     let (image, text) = read_png(&bytes).with_context(|| format!("decoding {path:?}"))?;
     let record = GenerationRecord::from_png_text(&text);
-    Ok(HistoryEntry { path: path.to_path_buf(), record, thumbnail: thumbnail(&image), image })
+    Ok(HistoryEntry {
+        path: path.to_path_buf(),
+        record,
+        thumbnail: thumbnail(&image),
+        image,
+    })
 }
 
 /// Fit into [`THUMBNAIL_PX`]: box-average when shrinking, nearest neighbour when growing.
@@ -91,14 +114,20 @@ pub fn thumbnail(image: &RgbImage) -> RgbImage {
                 let mut sum = 0u32;
                 for dy in 0..step {
                     for dx in 0..step {
-                        sum += image.pixels[((y * step + dy) * image.width + x * step + dx) * 3 + channel] as u32;
+                        sum += image.pixels
+                            [((y * step + dy) * image.width + x * step + dx) * 3 + channel]
+                            as u32;
                     }
                 }
                 pixels.push((sum / (step * step) as u32) as u8);
             }
         }
     }
-    RgbImage { width, height, pixels }
+    RgbImage {
+        width,
+        height,
+        pixels,
+    }
 }
 
 fn resize_nearest(image: &RgbImage, scale: usize) -> RgbImage {
@@ -110,7 +139,11 @@ fn resize_nearest(image: &RgbImage, scale: usize) -> RgbImage {
             pixels.extend_from_slice(&image.pixels[source..source + 3]);
         }
     }
-    RgbImage { width, height, pixels }
+    RgbImage {
+        width,
+        height,
+        pixels,
+    }
 }
 
 #[cfg(test)]
@@ -119,10 +152,23 @@ mod tests {
 
     #[test]
     fn thumbnails_fit_the_square() {
-        let big = RgbImage { width: 256, height: 128, pixels: vec![9; 256 * 128 * 3] };
+        let big = RgbImage {
+            width: 256,
+            height: 128,
+            pixels: vec![9; 256 * 128 * 3],
+        };
         let small = thumbnail(&big);
-        assert!(small.width <= THUMBNAIL_PX && small.height <= THUMBNAIL_PX, "{}x{}", small.width, small.height);
-        let tiny = RgbImage { width: 6, height: 8, pixels: vec![9; 6 * 8 * 3] };
+        assert!(
+            small.width <= THUMBNAIL_PX && small.height <= THUMBNAIL_PX,
+            "{}x{}",
+            small.width,
+            small.height
+        );
+        let tiny = RgbImage {
+            width: 6,
+            height: 8,
+            pixels: vec![9; 6 * 8 * 3],
+        };
         assert_eq!((thumbnail(&tiny).width, thumbnail(&tiny).height), (72, 96));
     }
 }

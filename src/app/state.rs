@@ -81,7 +81,11 @@ impl Settings {
     pub fn request(&self, model: &ModelInfo) -> GenerateRequest {
         let config = &model.config;
         let rule = self.guidance_rule.unwrap_or(config.guidance_rule);
-        let weight = if model.guidable() { self.guidance.clamp(0.0, config.max_guidance.max(0.0)) } else { 0.0 };
+        let weight = if model.guidable() {
+            self.guidance.clamp(0.0, config.max_guidance.max(0.0))
+        } else {
+            0.0
+        };
         let sampler = match self.sampler {
             SamplerKind::Sequential => Sampler::Sequential,
             SamplerKind::Jacobi => Sampler::Jacobi {
@@ -94,7 +98,11 @@ impl Settings {
         GenerateRequest {
             prompt: self.prompt.clone(),
             negative_prompt: negative.then(|| self.negative_prompt.clone()),
-            class: if model.num_classes().is_some() { self.class } else { None },
+            class: if model.num_classes().is_some() {
+                self.class
+            } else {
+                None
+            },
             seed: self.seed,
             guidance: Guidance::new(weight, rule),
             sampler,
@@ -193,7 +201,11 @@ pub fn parse_parameters(text: &str) -> A1111Parameters {
         }
     }
     let field = |key: &str| {
-        fields.split(", ").find_map(|pair| pair.strip_prefix(key).and_then(|v| v.strip_prefix(": ")).map(str::trim))
+        fields.split(", ").find_map(|pair| {
+            pair.strip_prefix(key)
+                .and_then(|v| v.strip_prefix(": "))
+                .map(str::trim)
+        })
     };
     A1111Parameters {
         prompt: prompt_lines.join("\n"),
@@ -217,14 +229,24 @@ mod tests {
         assert_eq!((parsed.seed, parsed.cfg_scale), (Some(42), Some(4.5)));
         let mut settings = Settings::default();
         settings.restore_parameters(&parsed, GuidanceRule::Gaussian);
-        assert_eq!((settings.seed, settings.guidance, settings.sampler), (42, 3.5, SamplerKind::Jacobi));
+        assert_eq!(
+            (settings.seed, settings.guidance, settings.sampler),
+            (42, 3.5, SamplerKind::Jacobi)
+        );
     }
 
     #[test]
     fn settings_survive_a_json_round_trip_and_missing_fields_default() {
-        let settings = Settings { prompt: "x".into(), seed: 9, ..Settings::default() };
+        let settings = Settings {
+            prompt: "x".into(),
+            seed: 9,
+            ..Settings::default()
+        };
         let text = serde_json::to_string(&settings).expect("serializes");
-        assert_eq!(serde_json::from_str::<Settings>(&text).expect("parses"), settings);
+        assert_eq!(
+            serde_json::from_str::<Settings>(&text).expect("parses"),
+            settings
+        );
         let partial: Settings = serde_json::from_str(r#"{"seed": 3}"#).expect("parses");
         assert_eq!((partial.seed, partial.batch_count), (3, 1));
     }

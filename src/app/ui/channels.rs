@@ -21,14 +21,24 @@ pub fn columns(channels: usize) -> usize {
 
 /// The largest magnitude, the color scale.
 pub fn value_range(latent: &LatentData) -> f32 {
-    latent.values.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-6)
+    latent
+        .values
+        .iter()
+        .fold(0.0f32, |m, v| m.max(v.abs()))
+        .max(1e-6)
 }
 
 /// The CPU twin of the shader's color map.
 pub fn diverging(t: f32) -> egui::Color32 {
     let (middle, negative, positive) = ([0.87, 0.87, 0.87], [0.23, 0.30, 0.75], [0.71, 0.02, 0.15]);
-    let (end, amount) = if t < 0.0 { (negative, -t) } else { (positive, t) };
-    let mix = |i: usize| ((middle[i] + (end[i] - middle[i]) * amount.clamp(0.0, 1.0)) * 255.0).round() as u8;
+    let (end, amount) = if t < 0.0 {
+        (negative, -t)
+    } else {
+        (positive, t)
+    };
+    let mix = |i: usize| {
+        ((middle[i] + (end[i] - middle[i]) * amount.clamp(0.0, 1.0)) * 255.0).round() as u8
+    };
     egui::Color32::from_rgb(mix(0), mix(1), mix(2))
 }
 
@@ -40,7 +50,10 @@ pub fn false_color_grid(latent: &LatentData) -> egui::ColorImage {
     let range = value_range(latent);
     let mut pixels = vec![egui::Color32::TRANSPARENT; width * height];
     for channel in 0..latent.channels {
-        let (left, top) = ((channel % columns) * latent.width, (channel / columns) * latent.height);
+        let (left, top) = (
+            (channel % columns) * latent.width,
+            (channel / columns) * latent.height,
+        );
         for y in 0..latent.height {
             for x in 0..latent.width {
                 let value = latent.values[(channel * latent.height + y) * latent.width + x];
@@ -55,7 +68,11 @@ pub fn false_color_grid(latent: &LatentData) -> egui::ColorImage {
 pub fn grid_size(latent: &LatentData, scale_px: f32, pixels_per_point: f32) -> egui::Vec2 {
     let columns = columns(latent.channels);
     let rows = latent.channels.div_ceil(columns);
-    egui::vec2((latent.width * columns) as f32, (latent.height * rows) as f32) * scale_px / pixels_per_point
+    egui::vec2(
+        (latent.width * columns) as f32,
+        (latent.height * rows) as f32,
+    ) * scale_px
+        / pixels_per_point
 }
 
 /// The shader's pipeline and the per-latent buffers, kept in egui-wgpu's callback resources.
@@ -70,12 +87,16 @@ pub struct ChannelPipeline {
 pub fn install(render_state: &egui_wgpu::RenderState) -> bool {
     let device = &render_state.device;
     if device.limits().max_storage_buffers_per_shader_stage == 0 {
-        log::warn!("The GPU cannot read storage buffers in fragment shaders; latent channels are drawn on the CPU");
+        log::warn!(
+            "The GPU cannot read storage buffers in fragment shaders; latent channels are drawn on the CPU"
+        );
         return false;
     }
     let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
         label: Some("latent_channels"),
-        source: wgpu::ShaderSource::Wgsl(include_str!("../../../shaders/latent_channels.wgsl").into()),
+        source: wgpu::ShaderSource::Wgsl(
+            include_str!("../../../shaders/latent_channels.wgsl").into(),
+        ),
     });
     let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
         label: Some("latent_channels"),
@@ -132,7 +153,15 @@ pub fn install(render_state: &egui_wgpu::RenderState) -> bool {
         multiview_mask: None,
         cache: None,
     });
-    render_state.renderer.write().callback_resources.insert(ChannelPipeline { pipeline, layout, latents: HashMap::new() });
+    render_state
+        .renderer
+        .write()
+        .callback_resources
+        .insert(ChannelPipeline {
+            pipeline,
+            layout,
+            latents: HashMap::new(),
+        });
     true
 }
 
@@ -151,7 +180,9 @@ impl egui_wgpu::CallbackTrait for ChannelCallback {
         _encoder: &mut wgpu::CommandEncoder,
         resources: &mut egui_wgpu::CallbackResources,
     ) -> Vec<wgpu::CommandBuffer> {
-        let Some(channel_pipeline) = resources.get_mut::<ChannelPipeline>() else { return Vec::new() };
+        let Some(channel_pipeline) = resources.get_mut::<ChannelPipeline>() else {
+            return Vec::new();
+        };
         if channel_pipeline.latents.contains_key(&self.key) {
             return Vec::new();
         }
@@ -185,8 +216,14 @@ impl egui_wgpu::CallbackTrait for ChannelCallback {
             label: Some("latent_channels"),
             layout: &channel_pipeline.layout,
             entries: &[
-                wgpu::BindGroupEntry { binding: 0, resource: uniform.as_entire_binding() },
-                wgpu::BindGroupEntry { binding: 1, resource: storage.as_entire_binding() },
+                wgpu::BindGroupEntry {
+                    binding: 0,
+                    resource: uniform.as_entire_binding(),
+                },
+                wgpu::BindGroupEntry {
+                    binding: 1,
+                    resource: storage.as_entire_binding(),
+                },
             ],
         });
         channel_pipeline.latents.insert(self.key, bind_group);
@@ -199,8 +236,12 @@ impl egui_wgpu::CallbackTrait for ChannelCallback {
         render_pass: &mut wgpu::RenderPass<'static>,
         resources: &egui_wgpu::CallbackResources,
     ) {
-        let Some(channel_pipeline) = resources.get::<ChannelPipeline>() else { return };
-        let Some(bind_group) = channel_pipeline.latents.get(&self.key) else { return };
+        let Some(channel_pipeline) = resources.get::<ChannelPipeline>() else {
+            return;
+        };
+        let Some(bind_group) = channel_pipeline.latents.get(&self.key) else {
+            return;
+        };
         render_pass.set_pipeline(&channel_pipeline.pipeline);
         render_pass.set_bind_group(0, bind_group, &[]);
         render_pass.draw(0..3, 0..1);
@@ -213,7 +254,12 @@ mod tests {
 
     #[test]
     fn the_cpu_grid_tiles_each_channel_and_colors_by_sign() {
-        let latent = LatentData { channels: 3, height: 1, width: 2, values: vec![-1.0, 0.0, 1.0, 0.5, 0.0, 0.0] };
+        let latent = LatentData {
+            channels: 3,
+            height: 1,
+            width: 2,
+            values: vec![-1.0, 0.0, 1.0, 0.5, 0.0, 0.0],
+        };
         let grid = false_color_grid(&latent);
         assert_eq!(grid.size, [6, 1]);
         assert_eq!(grid.pixels[0], diverging(-1.0));

@@ -16,19 +16,29 @@ pub fn history_ui(ui: &mut egui::Ui, app: &mut StudioApp, actions: &mut Vec<Acti
             ui.push_id(index, |ui| {
                 let [width, height] = item.texture.size();
                 let scale = (96.0 / width.max(height).max(1) as f32).min(1.0);
-                ui.add(egui::Image::new((item.texture.id(), egui::vec2(width as f32, height as f32) * scale)))
-                    .on_hover_text(item.entry.record.as_ref().map_or_else(
-                        || item.entry.path.display().to_string(),
-                        |r| format!("{}\nseed {}, guidance {}", r.prompt, r.seed, r.guidance),
-                    ));
+                ui.add(egui::Image::new((
+                    item.texture.id(),
+                    egui::vec2(width as f32, height as f32) * scale,
+                )))
+                .on_hover_text(item.entry.record.as_ref().map_or_else(
+                    || item.entry.path.display().to_string(),
+                    |r| format!("{}\nseed {}, guidance {}", r.prompt, r.seed, r.guidance),
+                ));
                 if let Some(record) = &item.entry.record {
                     ui.weak(format!("seed {}", record.seed));
                 }
                 ui.horizontal(|ui| {
-                    if ui.add_enabled(item.entry.record.is_some(), egui::Button::new("Reuse")).clicked() {
+                    if ui
+                        .add_enabled(item.entry.record.is_some(), egui::Button::new("Reuse"))
+                        .clicked()
+                    {
                         actions.push(Action::HistoryReuse(index));
                     }
-                    if ui.button("Export").on_hover_text("Save again, into the Save path's folder").clicked() {
+                    if ui
+                        .button("Export")
+                        .on_hover_text("Save again, into the Save path's folder")
+                        .clicked()
+                    {
                         actions.push(Action::HistoryExport(index));
                     }
                     if ui.button("Delete").clicked() {

@@ -1,4 +1,4 @@
-//! The model picker: the embedded default (not shipped yet), or a folder; the backend; loading
+//! The model picker: the embedded default (when assets/ has it), or a folder; the backend; loading
 //! state and errors.
 
 use std::path::PathBuf;
@@ -13,17 +13,26 @@ pub fn model_bar_ui(ui: &mut egui::Ui, app: &mut StudioApp, actions: &mut Vec<Ac
     ui.horizontal(|ui| {
         ui.strong("STARFlow Studio");
         ui.separator();
-        // TODO(#5): the embedded default model arrives with #4; until then a folder is needed.
-        ui.add_enabled(false, egui::Button::new("Embedded default model"))
-            .on_disabled_hover_text("Not shipped yet (issue #4): load a model folder.");
+        let available = crate::pipeline::default_model_available();
+        let loading = matches!(app.model, ModelState::Loading { .. });
+        if ui
+            .add_enabled(available && !loading, egui::Button::new("Embedded default model"))
+            .on_disabled_hover_text("Not in this build's assets/ folder: load a model folder.")
+            .clicked()
+        {
+            actions.push(Action::LoadModel(crate::pipeline::default_model_dir()));
+        }
         let label = ui.label("Model folder");
-        ui.add(egui::TextEdit::singleline(&mut app.model_folder_text).desired_width(260.0)).labelled_by(label.id);
+        ui.add(egui::TextEdit::singleline(&mut app.model_folder_text).desired_width(260.0))
+            .labelled_by(label.id);
         if ui.button("Browse…").clicked() {
             actions.push(Action::BrowseModel);
         }
-        let loading = matches!(app.model, ModelState::Loading { .. });
         let folder = app.model_folder_text.trim().to_string();
-        if ui.add_enabled(!loading && !folder.is_empty(), egui::Button::new("Load")).clicked() {
+        if ui
+            .add_enabled(!loading && !folder.is_empty(), egui::Button::new("Load"))
+            .clicked()
+        {
             actions.push(Action::LoadModel(PathBuf::from(folder)));
         }
         egui::ComboBox::from_label("Device")
@@ -33,15 +42,16 @@ pub fn model_bar_ui(ui: &mut egui::Ui, app: &mut StudioApp, actions: &mut Vec<Ac
                     ui.selectable_value(&mut app.settings.backend, choice, backend_label(choice));
                 }
             });
-        ui.separator();
+    });
+    ui.horizontal(|ui| {
         match &app.model {
             ModelState::None => {
                 ui.label("No model loaded");
             }
-            ModelState::Loading { folder } => {
-                // TODO(#5): Pipeline::load reports no progress, so loading shows a spinner, not a fraction.
+            ModelState::Loading { folder, stage, done } => {
                 ui.spinner();
-                ui.label(format!("Loading {}…", folder.display()));
+                ui.add(egui::ProgressBar::new(*done).desired_width(120.0));
+                ui.label(format!("Loading {}: {stage}…", folder.display()));
             }
             ModelState::Ready(info) => {
                 ui.label(format!(
@@ -54,7 +64,8 @@ pub fn model_bar_ui(ui: &mut egui::Ui, app: &mut StudioApp, actions: &mut Vec<Ac
                 ));
             }
             ModelState::Failed { message, .. } => {
-                ui.colored_label(ui.visuals().error_fg_color, "Model failed to load").on_hover_text(message.clone());
+                ui.colored_label(ui.visuals().error_fg_color, "Model failed to load")
+                    .on_hover_text(message.clone());
             }
         }
     });
