@@ -260,10 +260,15 @@ fn prompt_to_image_to_scrubber_to_export_to_restore() {
             .is_some()
     );
     if render {
-        assert!(
-            harness.state().channel_shader,
-            "the WGSL channel view is installed on wgpu"
-        );
+        // The shader needs storage buffers in fragment shaders: every Vulkan, Metal and DX12
+        // adapter has them; on an OpenGL-only adapter the app draws the CPU color map instead.
+        let native = starflow_studio::backend::wgpu_adapter_name()
+            .is_some_and(|name| !name.contains("Gl,"));
+        if native {
+            assert!(harness.state().channel_shader, "the WGSL channel view is installed on wgpu");
+        } else if !harness.state().channel_shader {
+            eprintln!("OpenGL adapter: the channel view uses its CPU fallback, checked below");
+        }
         assert_not_blank(&mut harness, "the channel view");
     }
 
