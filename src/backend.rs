@@ -3,7 +3,9 @@
 use burn::tensor::Device;
 
 /// Which backend the user asked for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
 pub enum BackendChoice {
     /// burn-wgpu (Vulkan, Metal, DX12), falling back to the CPU when no adapter exists.
     Wgpu,
@@ -22,7 +24,8 @@ pub struct SelectedDevice {
 }
 
 fn wgpu_adapter() -> Option<wgpu::Adapter> {
-    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+    let instance =
+        wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
     pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions::default())).ok()
 }
 
@@ -54,7 +57,9 @@ pub fn select(choice: BackendChoice) -> SelectedDevice {
                 fell_back: false,
             },
             None => {
-                log::warn!("No wgpu adapter was found (no GPU driver, or Mesa's lavapipe is not installed); running on the CPU");
+                log::warn!(
+                    "No wgpu adapter was found (no GPU driver, or Mesa's lavapipe is not installed); running on the CPU"
+                );
                 cpu(true)
             }
         },

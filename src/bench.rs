@@ -11,7 +11,9 @@ use std::time::Instant;
 use burn::tensor::Device;
 
 use crate::model::noise::standard_normal;
-use crate::model::{Condition, Flow, FlowConfig, Guidance, GuidanceRule, Progress, SampleObserver, Sampler};
+use crate::model::{
+    Condition, Flow, FlowConfig, Guidance, GuidanceRule, Progress, SampleObserver, Sampler,
+};
 
 /// The benchmark model: the released flag set at a laptop-friendly size (16x16 latent, 256
 /// tokens, width 128, 2 heads of 64, blocks [2, 2, 6]), guidance on as in real use.
@@ -69,19 +71,35 @@ pub fn run(device: &Device, backend: &str) -> Vec<BenchRow> {
     let config = bench_config();
     let (flow, _) = Flow::random(&config, 1, device);
     let text = Condition::Text(standard_normal([1, config.text_len, config.text_dim], 2, device));
-    let null = Condition::Text(burn::tensor::Tensor::zeros([1, config.text_len, config.text_dim], device));
+    let null =
+        Condition::Text(burn::tensor::Tensor::zeros([1, config.text_len, config.text_dim], device));
     let guidance = Guidance::new(3.0, GuidanceRule::Gaussian);
     let tokens = config.tokens();
     let mut rows = Vec::new();
-    for (name, sampler) in [("sequential", Sampler::Sequential), ("jacobi 16/1e-3", Sampler::official_jacobi())] {
+    for (name, sampler) in
+        [("sequential", Sampler::Sequential), ("jacobi 16/1e-3", Sampler::official_jacobi())]
+    {
         let noise = standard_normal([1, 4, 16, 16], 3, device);
         // Warm-up: kernels compile and autotune on the first call.
         let warm = Sampler::Jacobi { chunk: 16, threshold: 1.0, max_iterations: 1 };
-        let _ = flow.sample(noise.clone(), &text, Some(&null), &guidance, warm, &mut crate::model::NoObserver);
+        let _ = flow.sample(
+            noise.clone(),
+            &text,
+            Some(&null),
+            &guidance,
+            warm,
+            &mut crate::model::NoObserver,
+        );
         let _ = device.sync();
 
         let now = Instant::now();
-        let mut timer = Timer { device: device.clone(), last: now, steps: Vec::new(), block_start: now, blocks: Vec::new() };
+        let mut timer = Timer {
+            device: device.clone(),
+            last: now,
+            steps: Vec::new(),
+            block_start: now,
+            blocks: Vec::new(),
+        };
         let started = Instant::now();
         let out = flow.sample(noise, &text, Some(&null), &guidance, sampler, &mut timer);
         let _ = device.sync();
@@ -126,8 +144,10 @@ pub fn format_rows(rows: &[BenchRow]) -> String {
     out.push_str("backend | sampler | deep-block ms per call near token 1, N/4, N/2, 3N/4, N | s per block (deep first) | s per image\n");
     out.push_str("--- | --- | --- | --- | ---\n");
     for row in rows {
-        let tokens: Vec<String> = row.per_token_ms.iter().map(|(_, ms)| format!("{ms:.2}")).collect();
-        let blocks: Vec<String> = row.per_block_s.iter().map(|(b, s)| format!("b{b} {s:.2}")).collect();
+        let tokens: Vec<String> =
+            row.per_token_ms.iter().map(|(_, ms)| format!("{ms:.2}")).collect();
+        let blocks: Vec<String> =
+            row.per_block_s.iter().map(|(b, s)| format!("b{b} {s:.2}")).collect();
         out.push_str(&format!(
             "{} | {} | {} | {} | {:.2}\n",
             row.backend,

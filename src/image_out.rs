@@ -17,7 +17,9 @@ pub struct RgbImage {
 pub enum ImageError {
     #[error("expected a 3-channel image, got {channels} channels")]
     NotRgb { channels: usize },
-    #[error("could not write the image: {error}. Check that the folder exists and is writable. (path: {path:?})")]
+    #[error(
+        "could not write the image: {error}. Check that the folder exists and is writable. (path: {path:?})"
+    )]
     Write { path: PathBuf, error: std::io::Error },
     #[error("could not encode the PNG: {0}")]
     Encode(String),
@@ -37,7 +39,8 @@ pub fn to_rgb8(sample: Tensor<3>) -> Result<RgbImage, ImageError> {
     let levels = sample.clamp(-1.0, 1.0).add_scalar(1.0).mul_scalar(127.5).round();
 
     let interleaved = levels.permute([1, 2, 0]); // [height, width, channels]
-    let values: Vec<f32> = interleaved.try_into_vec_as::<f32>().map_err(|e| ImageError::Encode(format!("{e:?}")))?;
+    let values: Vec<f32> =
+        interleaved.try_into_vec_as::<f32>().map_err(|e| ImageError::Encode(format!("{e:?}")))?;
     Ok(RgbImage { width, height, pixels: values.into_iter().map(|v| v as u8).collect() })
 }
 
@@ -73,7 +76,11 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ImageError> {
 }
 
 /// Encode and write a PNG atomically.
-pub fn save_png(path: &Path, image: &RgbImage, text: &[(String, String)]) -> Result<(), ImageError> {
+pub fn save_png(
+    path: &Path,
+    image: &RgbImage,
+    text: &[(String, String)],
+) -> Result<(), ImageError> {
     write_atomic(path, &encode_png(image, text)?)
 }
 
@@ -93,7 +100,10 @@ pub fn read_png(bytes: &[u8]) -> Result<(RgbImage, Vec<(String, String)>), Image
         }
     }
     if frame.color_type != png::ColorType::Rgb {
-        return Err(ImageError::Encode(format!("expected an RGB PNG, found {:?}", frame.color_type)));
+        return Err(ImageError::Encode(format!(
+            "expected an RGB PNG, found {:?}",
+            frame.color_type
+        )));
     }
     Ok((RgbImage { width: frame.width as usize, height: frame.height as usize, pixels }, text))
 }

@@ -18,8 +18,8 @@
 //! - [`checkpoint`]: strict loading of `.pth` and `.safetensors` weights
 //! - [`backend`]: picking burn-wgpu or the CPU fallback
 
-pub mod autoencoder;
 pub mod app;
+pub mod autoencoder;
 pub mod backend;
 pub mod bench;
 pub mod checkpoint;

@@ -12,7 +12,11 @@ use starflow_studio::model::{Guidance, Sampler};
 use starflow_studio::pipeline::{Denoise, GenerateRequest, Pipeline, Precision, default_model_dir};
 
 #[derive(Parser)]
-#[command(name = "starflow-studio", version, about = "Text-to-image with STARFlow normalizing flows")]
+#[command(
+    name = "starflow-studio",
+    version,
+    about = "Text-to-image with STARFlow normalizing flows"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -113,7 +117,8 @@ enum Command {
 }
 
 fn init_logging() {
-    let mut builder = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
+    let mut builder =
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
     if std::env::var_os("RUST_LOG").is_none() {
         for noisy in ["wgpu", "wgpu_core", "wgpu_hal", "naga", "cubecl", "burn_wgpu"] {
             builder.filter_module(noisy, log::LevelFilter::Warn);
@@ -145,14 +150,16 @@ fn main() -> anyhow::Result<()> {
             let mut options = starflow_studio::train::TrainOptions::default_model(out, checkpoints);
             options.seed = seed;
             let mut bar = starflow_studio::train::TerminalProgress::new();
-            let report = starflow_studio::train::run_training(&options, &mut |event| bar.observe(event))?;
+            let report =
+                starflow_studio::train::run_training(&options, &mut |event| bar.observe(event))?;
             println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(())
         }
         Some(Command::EvalDefault { prompts, out, model, backend: choice }) => {
             let model = model.unwrap_or_else(default_model_dir);
             let selected = backend::select(choice);
-            let report = starflow_studio::train::eval_default(&model, prompts, &out, &selected.device)?;
+            let report =
+                starflow_studio::train::eval_default(&model, prompts, &out, &selected.device)?;
             println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(())
         }
@@ -195,13 +202,20 @@ fn main() -> anyhow::Result<()> {
             };
             let selected = backend::select(choice);
             log::info!("Device: {}", selected.description);
-            let pipeline = Pipeline::load_with_progress(&model, &selected.device, precision, &mut |stage, _| {
-                log::debug!("loading: {stage}");
-            })
+            let pipeline = Pipeline::load_with_progress(
+                &model,
+                &selected.device,
+                precision,
+                &mut |stage, _| {
+                    log::debug!("loading: {stage}");
+                },
+            )
             .with_context(|| format!("loading the model in {model:?}"))?;
             let sampler = match sampler {
                 SamplerChoice::Sequential => Sampler::Sequential,
-                SamplerChoice::Jacobi => Sampler::Jacobi { chunk: 16, threshold: jacobi_threshold, max_iterations: 32 },
+                SamplerChoice::Jacobi => {
+                    Sampler::Jacobi { chunk: 16, threshold: jacobi_threshold, max_iterations: 32 }
+                }
             };
             let config = pipeline.config();
             let weight = guidance.unwrap_or(config.default_guidance);
@@ -219,11 +233,16 @@ fn main() -> anyhow::Result<()> {
                 None => pipeline.noise(seed),
             };
             let started = std::time::Instant::now();
-            let generated = pipeline.generate(&request, noise, &mut starflow_studio::model::NoObserver)?;
+            let generated =
+                pipeline.generate(&request, noise, &mut starflow_studio::model::NoObserver)?;
             let elapsed_secs = started.elapsed().as_secs_f64();
             let record = GenerationRecord::new(&request, &pipeline, elapsed_secs);
             save_png(&out, &generated.image, &record.png_text())?;
-            log::info!("Wrote {out:?} ({}x{}) in {elapsed_secs:.1} s", generated.image.width, generated.image.height);
+            log::info!(
+                "Wrote {out:?} ({}x{}) in {elapsed_secs:.1} s",
+                generated.image.width,
+                generated.image.height
+            );
             if let Some(dir) = layers_out {
                 write_layers(&dir, &pipeline, &generated)?;
             }
@@ -232,11 +251,19 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-fn write_layers(dir: &Path, pipeline: &Pipeline, generated: &starflow_studio::pipeline::Generated) -> anyhow::Result<()> {
+fn write_layers(
+    dir: &Path,
+    pipeline: &Pipeline,
+    generated: &starflow_studio::pipeline::Generated,
+) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {dir:?}"))?;
     let blocks = pipeline.config().num_blocks();
     for (k, latent) in generated.latents.iter().enumerate() {
-        let name = if k == 0 { "00_noise.png".to_string() } else { format!("{k:02}_after_block{}.png", blocks - k) };
+        let name = if k == 0 {
+            "00_noise.png".to_string()
+        } else {
+            format!("{k:02}_after_block{}.png", blocks - k)
+        };
         let image = pipeline.decode(latent.clone())?;
         save_png(&dir.join(&name), &image, &[])?;
     }

@@ -36,7 +36,9 @@ impl GenerationRecord {
         let config = pipeline.config();
         let (sampler, jacobi_threshold) = match request.sampler {
             Sampler::Sequential => ("sequential".to_string(), None),
-            Sampler::Jacobi { chunk, threshold, .. } => (format!("jacobi-{chunk}"), Some(threshold)),
+            Sampler::Jacobi { chunk, threshold, .. } => {
+                (format!("jacobi-{chunk}"), Some(threshold))
+            }
         };
         let model = pipeline
             .weights_file

@@ -16,13 +16,16 @@ use burn::tensor::{Device, Tensor};
 use crate::autoencoder::{AutoencoderError, AutoencoderKl, LatentPreview};
 use crate::checkpoint::{CheckpointError, TensorFile};
 use crate::image_out::{ImageError, RgbImage, to_rgb8};
-use crate::text::{PromptTokens, TextEncoder, TextError, TokenizerError};
 use crate::model::{
-    Condition, ConfigError, Conditioning, Flow, FlowConfig, Guidance, SampleError, SampleObserver, Sampler,
+    Condition, Conditioning, ConfigError, Flow, FlowConfig, Guidance, SampleError, SampleObserver,
+    Sampler,
 };
+use crate::text::{PromptTokens, TextEncoder, TextError, TokenizerError};
 
 /// How to remove the training noise from the sample.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
 pub enum Denoise {
     /// One score step through the flow (the released script's choice).
     Score,
@@ -33,7 +36,9 @@ pub enum Denoise {
 }
 
 /// Storage type of the flow's linear weights.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
 pub enum Precision {
     /// f16 for large models on a GPU that runs f16 shaders, f32 otherwise.
     Auto,
@@ -169,7 +174,8 @@ pub fn default_model_available() -> bool {
 
 /// The one weights file at the folder's top level.
 pub fn find_weights(folder: &Path) -> Result<PathBuf, PipelineError> {
-    let entries = std::fs::read_dir(folder).map_err(|error| PipelineError::Folder { path: folder.to_path_buf(), error })?;
+    let entries = std::fs::read_dir(folder)
+        .map_err(|error| PipelineError::Folder { path: folder.to_path_buf(), error })?;
     let mut found: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.is_file())
@@ -194,15 +200,18 @@ pub fn find_weights(folder: &Path) -> Result<PathBuf, PipelineError> {
 /// (needed to interpret an official flow.yaml).
 fn companion_shapes(folder: &Path) -> Result<(usize, usize), PipelineError> {
     let text_dim = if folder.join("text_encoder").is_dir() {
-        let config: crate::text::T5Config = crate::text::hub::read_config(&folder.join("text_encoder"), "config.json")
-            .map_err(|e| PipelineError::Text(TextError::Encoder(crate::text::T5Error::Hub(e))))?;
+        let config: crate::text::T5Config =
+            crate::text::hub::read_config(&folder.join("text_encoder"), "config.json").map_err(
+                |e| PipelineError::Text(TextError::Encoder(crate::text::T5Error::Hub(e))),
+            )?;
         config.d_model
     } else {
         0
     };
     let downsample = if folder.join("vae").is_dir() {
         let config: crate::autoencoder::AutoencoderKlConfig =
-            crate::text::hub::read_config(&folder.join("vae"), "config.json").map_err(AutoencoderError::from)?;
+            crate::text::hub::read_config(&folder.join("vae"), "config.json")
+                .map_err(AutoencoderError::from)?;
         config.downsample_factor()
     } else {
         1
@@ -215,18 +224,22 @@ fn companion_shapes(folder: &Path) -> Result<(usize, usize), PipelineError> {
 pub fn folder_config(folder: &Path, weights: &Path) -> Result<FlowConfig, PipelineError> {
     let json = folder.join("flow.json");
     if json.is_file() {
-        let text = std::fs::read_to_string(&json).map_err(|error| PipelineError::Folder { path: json.clone(), error })?;
-        return FlowConfig::from_json(&text).map_err(|error| PipelineError::Config { path: json, error });
+        let text = std::fs::read_to_string(&json)
+            .map_err(|error| PipelineError::Folder { path: json.clone(), error })?;
+        return FlowConfig::from_json(&text)
+            .map_err(|error| PipelineError::Config { path: json, error });
     }
     let yaml = folder.join("flow.yaml");
     if yaml.is_file() {
-        let text = std::fs::read_to_string(&yaml).map_err(|error| PipelineError::Folder { path: yaml.clone(), error })?;
+        let text = std::fs::read_to_string(&yaml)
+            .map_err(|error| PipelineError::Folder { path: yaml.clone(), error })?;
         let (text_dim, downsample) = companion_shapes(folder)?;
         return FlowConfig::from_official_yaml(&text, downsample, text_dim)
             .map_err(|error| PipelineError::Yaml { path: yaml, error });
     }
     let name = weights.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    FlowConfig::preset_for_file(&name).ok_or(PipelineError::NoConfig { path: folder.to_path_buf(), file: name })
+    FlowConfig::preset_for_file(&name)
+        .ok_or(PipelineError::NoConfig { path: folder.to_path_buf(), file: name })
 }
 
 /// Bytes the loaded model needs at most while sampling: f32 weights of all parts plus the
@@ -234,7 +247,8 @@ pub fn folder_config(folder: &Path, weights: &Path) -> Result<FlowConfig, Pipeli
 pub fn memory_needed_bytes(config: &FlowConfig, weight_elements: usize) -> u64 {
     let cache = (0..config.num_blocks())
         .map(|b| {
-            let positions = config.tokens() + if config.block_has_text(b) { config.condition_len() } else { 0 };
+            let positions =
+                config.tokens() + if config.block_has_text(b) { config.condition_len() } else { 0 };
             2 * 2 * config.layers_per_block[b] * positions * config.block_width(b)
         })
         .max()
@@ -274,13 +288,16 @@ fn preview_for(vae: &AutoencoderKl, config: &FlowConfig, device: &Device) -> Opt
     if sd_like {
         return Some(LatentPreview::sd_kl_f8());
     }
-    let shape = [PREVIEW_FIT_SAMPLES, config.latent_channels, config.latent_height, config.latent_width];
+    let shape =
+        [PREVIEW_FIT_SAMPLES, config.latent_channels, config.latent_height, config.latent_width];
     let latent = crate::model::noise::standard_normal(shape, 0, device);
     let image = vae.decode_from_flow(latent.clone());
     match LatentPreview::fit(latent, image) {
         Ok(preview) => Some(preview),
         Err(err) => {
-            log::warn!("No live preview map for this autoencoder ({err}); previews use the full decoder");
+            log::warn!(
+                "No live preview map for this autoencoder ({err}); previews use the full decoder"
+            );
             None
         }
     }
@@ -324,13 +341,18 @@ impl Pipeline {
             && needed > available
         {
             let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
-            return Err(PipelineError::Memory { needed_gib: gib(needed), available_gib: gib(available) });
+            return Err(PipelineError::Memory {
+                needed_gib: gib(needed),
+                available_gib: gib(available),
+            });
         }
         let half = match precision {
             Precision::F32 => false,
             Precision::F16 => true,
             Precision::Auto => {
-                on_gpu && device.supports_dtype(burn::tensor::DType::F16) && file.num_elements() > AUTO_F16_MIN_PARAMETERS
+                on_gpu
+                    && device.supports_dtype(burn::tensor::DType::F16)
+                    && file.num_elements() > AUTO_F16_MIN_PARAMETERS
             }
         };
         let bytes_per_weight = if half { 2 } else { 4 };
@@ -338,7 +360,10 @@ impl Pipeline {
             let largest = (file.largest_tensor_elements() * bytes_per_weight) as u64;
             if largest > limit {
                 let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
-                return Err(PipelineError::TensorTooLarge { tensor_mib: mib(largest), limit_mib: mib(limit) });
+                return Err(PipelineError::TensorTooLarge {
+                    tensor_mib: mib(largest),
+                    limit_mib: mib(limit),
+                });
             }
         }
         let dtype = if half { burn::tensor::DType::F16 } else { burn::tensor::DType::F32 };
@@ -352,7 +377,11 @@ impl Pipeline {
             let text = TextEncoder::load_dir(&text_dir, config.text_len, device)?;
             let found = text.encoder.model_dim();
             if found != config.text_dim {
-                return Err(PipelineError::TextWidth { path: folder.to_path_buf(), expected: config.text_dim, found });
+                return Err(PipelineError::TextWidth {
+                    path: folder.to_path_buf(),
+                    expected: config.text_dim,
+                    found,
+                });
             }
             Some(text)
         } else {
@@ -382,7 +411,15 @@ impl Pipeline {
             elements,
             started.elapsed().as_secs_f64()
         );
-        Ok(Self { flow, text, vae, preview, folder: folder.to_path_buf(), weights_file, device: device.clone() })
+        Ok(Self {
+            flow,
+            text,
+            vae,
+            preview,
+            folder: folder.to_path_buf(),
+            weights_file,
+            device: device.clone(),
+        })
     }
 
     pub fn config(&self) -> &FlowConfig {
@@ -403,7 +440,10 @@ impl Pipeline {
     /// Read a `noise` tensor `[batch, channels, height, width]` from a safetensors file.
     pub fn noise_from_file(&self, path: &Path) -> Result<Tensor<4>, PipelineError> {
         let file = TensorFile::open(path)?;
-        let shape = file.shape("noise").ok_or_else(|| PipelineError::NoNoiseTensor { path: path.to_path_buf() })?.to_vec();
+        let shape = file
+            .shape("noise")
+            .ok_or_else(|| PipelineError::NoNoiseTensor { path: path.to_path_buf() })?
+            .to_vec();
         let expected = self.latent_shape();
         if shape.len() != 4 || shape[1..] != expected[1..] || shape[0] != 1 {
             return Err(PipelineError::NoiseShape { expected: expected.to_vec(), found: shape });
@@ -414,13 +454,21 @@ impl Pipeline {
 
     /// How `prompt` is tokenized (for the UI's counter), or `None` for models without text.
     pub fn tokenize(&self, prompt: &str) -> Option<Result<PromptTokens, TokenizerError>> {
-        self.text.as_ref().map(|text| text.tokenizer.encode_batch(&[prompt]).map(|mut t| t.remove(0)))
+        self.text
+            .as_ref()
+            .map(|text| text.tokenizer.encode_batch(&[prompt]).map(|mut t| t.remove(0)))
     }
 
-    fn conditions(&self, request: &GenerateRequest) -> Result<(Condition, Condition), PipelineError> {
+    fn conditions(
+        &self,
+        request: &GenerateRequest,
+    ) -> Result<(Condition, Condition), PipelineError> {
         match self.config().conditioning {
-            Conditioning::None => Ok((Condition::Unconditional { batch: 1 }, Condition::Unconditional { batch: 1 })),
-            Conditioning::OneHotClass { num_classes } | Conditioning::ClassEmbedding { num_classes } => {
+            Conditioning::None => {
+                Ok((Condition::Unconditional { batch: 1 }, Condition::Unconditional { batch: 1 }))
+            }
+            Conditioning::OneHotClass { num_classes }
+            | Conditioning::ClassEmbedding { num_classes } => {
                 if let Some(class) = request.class
                     && class >= num_classes
                 {
@@ -429,7 +477,10 @@ impl Pipeline {
                 Ok((Condition::Labels(vec![request.class]), Condition::Labels(vec![None])))
             }
             Conditioning::Text => {
-                let text = self.text.as_ref().ok_or_else(|| PipelineError::NoTextEncoder { path: self.folder.clone() })?;
+                let text = self
+                    .text
+                    .as_ref()
+                    .ok_or_else(|| PipelineError::NoTextEncoder { path: self.folder.clone() })?;
                 // The null branch is the empty caption unless a negative prompt replaces it.
                 let negative = request.negative_prompt.as_deref().unwrap_or("");
                 let (vectors, _) = text.encode(&[request.prompt.as_str(), negative])?;
@@ -448,18 +499,31 @@ impl Pipeline {
         observer: &mut dyn SampleObserver,
     ) -> Result<Generated, PipelineError> {
         let (condition, null) = self.conditions(request)?;
-        let sample = self.flow.sample(noise, &condition, Some(&null), &request.guidance, request.sampler, observer)?;
+        let sample = self.flow.sample(
+            noise,
+            &condition,
+            Some(&null),
+            &request.guidance,
+            request.sampler,
+            observer,
+        )?;
         let noisy = sample.result().clone();
         let sigma = self.config().noise_std as f64;
         let denoised = match request.denoise {
             Denoise::None => noisy,
             Denoise::Score => self.flow.denoise_score(noisy, &condition, sigma),
-            Denoise::Learned => {
-                self.flow.denoise_learned(noisy, &condition).ok_or(PipelineError::NoLearnedDenoiser)?
-            }
+            Denoise::Learned => self
+                .flow
+                .denoise_learned(noisy, &condition)
+                .ok_or(PipelineError::NoLearnedDenoiser)?,
         };
         let image = self.decode(denoised.clone())?;
-        Ok(Generated { latents: sample.latents, denoised, image, jacobi_iterations: sample.jacobi_iterations })
+        Ok(Generated {
+            latents: sample.latents,
+            denoised,
+            image,
+            jacobi_iterations: sample.jacobi_iterations,
+        })
     }
 
     /// The image of one latent (batch 1), through the autoencoder's decoder if there is one.

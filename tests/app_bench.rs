@@ -96,8 +96,7 @@ fn measure(side: usize, runs: usize) -> Row {
             continue;
         }
         let view = harness.state().run.as_ref().expect("a run");
-        row.first_preview_ms
-            .push(view.first_preview_secs.map_or(f64::NAN, |s| s * 1e3));
+        row.first_preview_ms.push(view.first_preview_secs.map_or(f64::NAN, |s| s * 1e3));
         row.run_secs.push(requested.elapsed().as_secs_f64());
         row.previews.push(view.previews_shown);
         row.frame_ms.extend(frames);
@@ -108,10 +107,8 @@ fn measure(side: usize, runs: usize) -> Row {
 
 #[test]
 fn bench_ui_prints_time_to_first_preview_and_frame_work() {
-    let runs: usize = std::env::var("STARFLOW_BENCH_RUNS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3);
+    let runs: usize =
+        std::env::var("STARFLOW_BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
     let rows: Vec<Row> = SIDES.iter().map(|&side| measure(side, runs)).collect();
 
     println!(
@@ -150,9 +147,6 @@ fn bench_ui_prints_time_to_first_preview_and_frame_work() {
     );
 
     for row in &rows {
-        assert!(
-            row.first_preview_ms.iter().all(|ms| ms.is_finite()),
-            "every run showed a preview"
-        );
+        assert!(row.first_preview_ms.iter().all(|ms| ms.is_finite()), "every run showed a preview");
     }
 }

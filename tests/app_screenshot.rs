@@ -45,25 +45,14 @@ impl Drop for Killed {
 fn start_xvfb() -> (Killed, String) {
     let geometry = format!("{}x{}x24", SCREEN.0, SCREEN.1);
     let mut child = Command::new("Xvfb")
-        .args([
-            "-displayfd",
-            "1",
-            "-screen",
-            "0",
-            &geometry,
-            "-br",
-            "-nolisten",
-            "tcp",
-        ])
+        .args(["-displayfd", "1", "-screen", "0", &geometry, "-br", "-nolisten", "tcp"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .expect("Xvfb starts");
     let stdout = child.stdout.take().expect("piped");
     let mut line = String::new();
-    BufReader::new(stdout)
-        .read_line(&mut line)
-        .expect("Xvfb prints its display number");
+    BufReader::new(stdout).read_line(&mut line).expect("Xvfb prints its display number");
     let display = format!(":{}", line.trim());
     (Killed(child), display)
 }
@@ -77,10 +66,7 @@ fn has_png(folder: &Path) -> bool {
 #[test]
 fn the_real_window_shows_a_generated_image_under_xvfb() {
     let required = std::env::var("STARFLOW_SCREENSHOT_REQUIRED").is_ok_and(|v| v == "1");
-    let missing: Vec<&str> = ["Xvfb", "import"]
-        .into_iter()
-        .filter(|p| !on_path(p))
-        .collect();
+    let missing: Vec<&str> = ["Xvfb", "import"].into_iter().filter(|p| !on_path(p)).collect();
     if !missing.is_empty() {
         let text = format!(
             "the headless screenshot check did not run: {} not found (apt-get install xvfb imagemagick)",
@@ -132,10 +118,7 @@ fn the_real_window_shows_a_generated_image_under_xvfb() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    eprintln!(
-        "the result was saved {:.1} s after start",
-        started.elapsed().as_secs_f64()
-    );
+    eprintln!("the result was saved {:.1} s after start", started.elapsed().as_secs_f64());
     std::thread::sleep(SETTLE);
 
     let shot = root.path().join("screen.png");
@@ -151,9 +134,7 @@ fn the_real_window_shows_a_generated_image_under_xvfb() {
         eprintln!("screenshot kept at {out}");
     }
 
-    let image = image::open(&shot)
-        .expect("the screenshot decodes")
-        .to_rgb8();
+    let image = image::open(&shot).expect("the screenshot decodes").to_rgb8();
     assert_eq!(image.dimensions(), SCREEN);
     // The root window is black (-br); the window is what is not.
     let (mut right, mut bottom) = (0, 0);
@@ -177,9 +158,5 @@ fn the_real_window_shows_a_generated_image_under_xvfb() {
             && bottom.abs_diff(expected.1) <= SIZE_TOLERANCE_PX,
         "the window is {right}x{bottom}"
     );
-    assert!(
-        colors.len() >= MIN_DISTINCT_COLORS,
-        "the window looks blank: {} colors",
-        colors.len()
-    );
+    assert!(colors.len() >= MIN_DISTINCT_COLORS, "the window looks blank: {} colors", colors.len());
 }

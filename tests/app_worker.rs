@@ -29,10 +29,7 @@ fn loaded_worker(folder: &Path, options: WorkerOptions) -> (Worker, ModelInfo) {
     let worker = Worker::spawn(options).expect("worker starts");
     worker.load(folder, BackendChoice::Cpu);
     loop {
-        match worker
-            .recv_timeout(EVENT_TIMEOUT)
-            .expect("the worker answers the load")
-        {
+        match worker.recv_timeout(EVENT_TIMEOUT).expect("the worker answers the load") {
             Event::Loaded(info) => return (worker, *info),
             Event::LoadFailed { message, .. } => panic!("load failed: {message}"),
             _ => {}
@@ -51,9 +48,7 @@ fn model(side: usize) -> (tempfile::TempDir, std::path::PathBuf) {
 fn collect_until(worker: &Worker, mut stop: impl FnMut(&Event) -> bool) -> Vec<Event> {
     let mut events = Vec::new();
     loop {
-        let event = worker
-            .recv_timeout(EVENT_TIMEOUT)
-            .expect("the worker keeps answering");
+        let event = worker.recv_timeout(EVENT_TIMEOUT).expect("the worker keeps answering");
         let done = stop(&event);
         events.push(event);
         if done {
@@ -79,9 +74,7 @@ fn job_of(event: &Event) -> Option<JobId> {
 fn jobs_run_in_the_order_they_were_sent() {
     let (_dir, folder) = model(8);
     let (mut worker, info) = loaded_worker(&folder, WorkerOptions::default());
-    let ids: Vec<JobId> = (0..3)
-        .map(|seed| worker.generate(request(seed, Some(1)), 1))
-        .collect();
+    let ids: Vec<JobId> = (0..3).map(|seed| worker.generate(request(seed, Some(1)), 1)).collect();
     let mut finished = 0;
     let events = collect_until(&worker, |e| {
         finished += matches!(e, Event::Finished { .. }) as usize;
@@ -91,10 +84,7 @@ fn jobs_run_in_the_order_they_were_sent() {
     let order: Vec<JobId> = events.iter().filter_map(job_of).collect();
     let mut sorted = order.clone();
     sorted.sort();
-    assert_eq!(
-        order, sorted,
-        "no event of a later job comes before the end of an earlier one"
-    );
+    assert_eq!(order, sorted, "no event of a later job comes before the end of an earlier one");
     let seeds: Vec<u64> = events
         .iter()
         .filter_map(|e| match e {
@@ -144,15 +134,11 @@ fn cancel_stops_within_one_token_step_and_frees_the_worker() {
 
     worker.cancel();
     let steps_at_cancel = worker.steps_taken();
-    let events = collect_until(&worker, |e| {
-        matches!(e, Event::Cancelled { .. } | Event::Finished { .. })
-    });
+    let events =
+        collect_until(&worker, |e| matches!(e, Event::Cancelled { .. } | Event::Finished { .. }));
     let steps_after = worker.steps_taken() - steps_at_cancel;
     eprintln!("cancel latency: {steps_after} token step(s) after the cancel");
-    assert!(
-        steps_after <= 1,
-        "{steps_after} token steps ran after the cancel"
-    );
+    assert!(steps_after <= 1, "{steps_after} token steps ran after the cancel");
     match events.last() {
         Some(Event::Cancelled { id, status }) => {
             assert_eq!(*id, first);
@@ -163,9 +149,8 @@ fn cancel_stops_within_one_token_step_and_frees_the_worker() {
     }
 
     let second = worker.generate(request(6, Some(0)), 1);
-    let events = collect_until(&worker, |e| {
-        matches!(e, Event::Finished { .. } | Event::Failed { .. })
-    });
+    let events =
+        collect_until(&worker, |e| matches!(e, Event::Finished { .. } | Event::Failed { .. }));
     assert!(
         matches!(events.last(), Some(Event::Finished { id, .. }) if *id == second),
         "{:?}",
@@ -176,11 +161,8 @@ fn cancel_stops_within_one_token_step_and_frees_the_worker() {
 #[test]
 fn a_slow_ui_loses_previews_but_never_a_result() {
     let (_dir, folder) = model(8);
-    let options = WorkerOptions {
-        event_capacity: 4,
-        preview_interval: Duration::ZERO,
-        notify: None,
-    };
+    let options =
+        WorkerOptions { event_capacity: 4, preview_interval: Duration::ZERO, notify: None };
     let (mut worker, info) = loaded_worker(&folder, options);
     worker.generate(request(1, Some(2)), 1);
     worker.generate(request(2, Some(2)), 1);
@@ -200,20 +182,13 @@ fn a_slow_ui_loses_previews_but_never_a_result() {
         finished.len() == 2
     });
     let steps_per_image = info.config.num_blocks() * info.config.tokens();
-    eprintln!(
-        "{previews} previews arrived for {} token steps",
-        2 * steps_per_image
-    );
+    eprintln!("{previews} previews arrived for {} token steps", 2 * steps_per_image);
     assert!(previews < 2 * steps_per_image, "some previews were dropped");
     assert_eq!(
         finished.iter().map(|(_, n)| *n).collect::<Vec<_>>(),
         vec![info.config.num_blocks() + 3; 2]
     );
-    assert_eq!(
-        stages,
-        2 * (info.config.num_blocks() + 1),
-        "every live stage arrived"
-    );
+    assert_eq!(stages, 2 * (info.config.num_blocks() + 1), "every live stage arrived");
 }
 
 #[test]
@@ -233,9 +208,8 @@ fn errors_and_panics_arrive_as_events_and_the_worker_goes_on() {
 
     let empty = tempfile::tempdir().expect("temp dir");
     worker.load(empty.path(), BackendChoice::Cpu);
-    let events = collect_until(&worker, |e| {
-        matches!(e, Event::LoadFailed { .. } | Event::Loaded(_))
-    });
+    let events =
+        collect_until(&worker, |e| matches!(e, Event::LoadFailed { .. } | Event::Loaded(_)));
     match events.last() {
         Some(Event::LoadFailed { message, .. }) => {
             assert!(message.contains("no flow weights"), "{message}")
@@ -246,9 +220,8 @@ fn errors_and_panics_arrive_as_events_and_the_worker_goes_on() {
     worker.load(&folder, BackendChoice::Cpu);
     collect_until(&worker, |e| matches!(e, Event::Loaded(_)));
     worker.generate(request(0, Some(99)), 1);
-    let events = collect_until(&worker, |e| {
-        matches!(e, Event::Failed { .. } | Event::Finished { .. })
-    });
+    let events =
+        collect_until(&worker, |e| matches!(e, Event::Failed { .. } | Event::Finished { .. }));
     match events.last() {
         Some(Event::Failed { message, .. }) => {
             assert!(message.contains("class 99 does not exist"), "{message}")
@@ -260,33 +233,21 @@ fn errors_and_panics_arrive_as_events_and_the_worker_goes_on() {
     let events = collect_until(&worker, |e| matches!(e, Event::Failed { .. }));
     match events.last() {
         Some(Event::Failed { id: None, message }) => {
-            assert!(
-                message.contains("crashed") && message.contains("boom in a test"),
-                "{message}"
-            )
+            assert!(message.contains("crashed") && message.contains("boom in a test"), "{message}")
         }
         other => panic!("{other:?}"),
     }
     worker.generate(request(0, Some(1)), 1);
-    let events = collect_until(&worker, |e| {
-        matches!(e, Event::Failed { .. } | Event::Finished { .. })
-    });
-    assert!(
-        matches!(events.last(), Some(Event::Finished { .. })),
-        "the model survived the panic"
-    );
+    let events =
+        collect_until(&worker, |e| matches!(e, Event::Failed { .. } | Event::Finished { .. }));
+    assert!(matches!(events.last(), Some(Event::Finished { .. })), "the model survived the panic");
 }
 
 #[test]
 fn shutting_down_mid_run_joins_promptly() {
     let (_dir, folder) = model(16);
-    let (mut worker, _) = loaded_worker(
-        &folder,
-        WorkerOptions {
-            event_capacity: 4,
-            ..WorkerOptions::default()
-        },
-    );
+    let (mut worker, _) =
+        loaded_worker(&folder, WorkerOptions { event_capacity: 4, ..WorkerOptions::default() });
     worker.generate(request(9, Some(0)), 4);
     collect_until(&worker, |e| matches!(e, Event::Progress { .. }));
     let started = Instant::now();

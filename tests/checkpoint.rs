@@ -26,7 +26,11 @@ fn as_triples(tensors: &[NamedTensor]) -> Vec<(String, Vec<usize>, Vec<f32>)> {
 
 fn z_of(flow: &Flow, device: &Device) -> Vec<f32> {
     let config = &flow.config;
-    let x = standard_normal([1, config.latent_channels, config.latent_height, config.latent_width], 1, device);
+    let x = standard_normal(
+        [1, config.latent_channels, config.latent_height, config.latent_width],
+        1,
+        device,
+    );
     let y = Condition::Text(standard_normal([1, config.text_len, config.text_dim], 2, device));
     flow.forward(x, &y).z.try_into_vec_as::<f32>().expect("reads")
 }
@@ -58,9 +62,11 @@ fn safetensors_and_pth_in_every_float_type_load_the_same_model() {
     let loaded = load(&path, &config).expect("safetensors loads");
     assert_eq!(z_of(&loaded, &device), reference, "f32 safetensors is bit-exact");
 
-    for (dtype, tolerance) in
-        [(TorchDType::F32, 0.0), (TorchDType::F16, F16_OUTPUT_TOLERANCE), (TorchDType::BF16, BF16_OUTPUT_TOLERANCE)]
-    {
+    for (dtype, tolerance) in [
+        (TorchDType::F32, 0.0),
+        (TorchDType::F16, F16_OUTPUT_TOLERANCE),
+        (TorchDType::BF16, BF16_OUTPUT_TOLERANCE),
+    ] {
         let path = dir.path().join(format!("model_{dtype:?}.pth"));
         write_pth(&path, &as_triples(&tensors), dtype).expect("writes pth");
         let loaded = load(&path, &config).unwrap_or_else(|e| panic!("{dtype:?} pth: {e}"));
@@ -87,7 +93,8 @@ fn deprecated_buffers_are_accepted() {
         tensors.push(NamedTensor { key, shape, values: vec![0.0; count] });
     }
     let dir = tempfile::tempdir().expect("temp dir");
-    load(&saved(dir.path(), "m.safetensors", &tensors), &config).expect("deprecated buffers are ignored");
+    load(&saved(dir.path(), "m.safetensors", &tensors), &config)
+        .expect("deprecated buffers are ignored");
 }
 
 #[test]
@@ -135,17 +142,30 @@ fn each_broken_file_gives_an_error_naming_the_problem() {
         }
         other => panic!("expected a shape error, got {other}"),
     }
-    assert!(err.to_string().contains("expected") && err.to_string().contains("good.safetensors"), "{err}");
+    assert!(
+        err.to_string().contains("expected") && err.to_string().contains("good.safetensors"),
+        "{err}"
+    );
 
     let missing_key = "blocks.1.attn_blocks.1.mlp.main.2.bias";
-    let without: Vec<NamedTensor> = tensors.iter().filter(|t| t.key != missing_key).cloned().collect();
-    let err = load(&saved(dir.path(), "missing.safetensors", &without), &config).err().expect("refused");
+    let without: Vec<NamedTensor> =
+        tensors.iter().filter(|t| t.key != missing_key).cloned().collect();
+    let err =
+        load(&saved(dir.path(), "missing.safetensors", &without), &config).err().expect("refused");
     assert!(matches!(&err, CheckpointError::Missing { key, .. } if key == missing_key), "{err}");
 
     let mut extra = tensors.clone();
-    extra.push(NamedTensor { key: "blocks.7.proj_in.weight".into(), shape: vec![2, 2], values: vec![0.0; 4] });
-    let err = load(&saved(dir.path(), "extra.safetensors", &extra), &config).err().expect("refused");
-    assert!(matches!(&err, CheckpointError::Unexpected { first, .. } if first == "blocks.7.proj_in.weight"), "{err}");
+    extra.push(NamedTensor {
+        key: "blocks.7.proj_in.weight".into(),
+        shape: vec![2, 2],
+        values: vec![0.0; 4],
+    });
+    let err =
+        load(&saved(dir.path(), "extra.safetensors", &extra), &config).err().expect("refused");
+    assert!(
+        matches!(&err, CheckpointError::Unexpected { first, .. } if first == "blocks.7.proj_in.weight"),
+        "{err}"
+    );
 
     let missing_file = dir.path().join("nope.pth");
     assert!(matches!(load(&missing_file, &config), Err(CheckpointError::Open { .. })));
@@ -161,7 +181,8 @@ fn half_matches_full(device: &Device, label: &str) {
     let (flow, tensors) = Flow::random(&config, 21, device);
     let dir = tempfile::tempdir().expect("temp dir");
     let file = TensorFile::open(saved(dir.path(), "m.safetensors", &tensors)).expect("opens");
-    let half = Flow::load_with_dtype(&config, &file, device, burn::tensor::DType::F16).expect("loads in f16");
+    let half = Flow::load_with_dtype(&config, &file, device, burn::tensor::DType::F16)
+        .expect("loads in f16");
     assert_eq!(half.blocks[0].proj_in.weight.val().dtype(), burn::tensor::DType::F16);
     let err = max_diff(&z_of(&half, device), &z_of(&flow, device));
     eprintln!("{label}: f16 linear weights move z by {err}");

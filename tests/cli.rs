@@ -39,7 +39,8 @@ fn pixel_config() -> FlowConfig {
 fn model_folder(dir: &Path, config: &FlowConfig) {
     let (_, tensors) = Flow::random(config, 4, &Device::flex());
     write_safetensors(&dir.join("tiny.safetensors"), &tensors).expect("writes weights");
-    std::fs::write(dir.join("flow.json"), serde_json::to_string_pretty(config).expect("json")).expect("writes config");
+    std::fs::write(dir.join("flow.json"), serde_json::to_string_pretty(config).expect("json"))
+        .expect("writes config");
 }
 
 fn studio() -> Command {
@@ -56,10 +57,23 @@ fn generate_writes_a_png_with_parameters_and_layer_images() {
     let out = dir.path().join("out.png");
     let layers = dir.path().join("layers");
     let status = studio()
-        .args(["generate", "--backend", "cpu", "--seed", "7", "--class", "2", "--sampler", "jacobi"])
-        .arg("--model").arg(&model)
-        .arg("--out").arg(&out)
-        .arg("--layers-out").arg(&layers)
+        .args([
+            "generate",
+            "--backend",
+            "cpu",
+            "--seed",
+            "7",
+            "--class",
+            "2",
+            "--sampler",
+            "jacobi",
+        ])
+        .arg("--model")
+        .arg(&model)
+        .arg("--out")
+        .arg(&out)
+        .arg("--layers-out")
+        .arg(&layers)
         .output()
         .expect("runs");
     assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
@@ -85,12 +99,29 @@ fn generate_writes_a_png_with_parameters_and_layer_images() {
     let noise_file = dir.path().join("noise.safetensors");
     let noise = starflow_studio::model::noise::standard_normal([1, 3, 8, 6], 7, &Device::flex());
     let values = noise.try_into_vec_as::<f32>().expect("reads");
-    write_safetensors(&noise_file, &[NamedTensor { key: "noise".into(), shape: vec![1, 3, 8, 6], values }]).expect("writes");
+    write_safetensors(
+        &noise_file,
+        &[NamedTensor { key: "noise".into(), shape: vec![1, 3, 8, 6], values }],
+    )
+    .expect("writes");
     let status = studio()
-        .args(["generate", "--backend", "cpu", "--seed", "7", "--class", "2", "--sampler", "jacobi"])
-        .arg("--model").arg(&model)
-        .arg("--out").arg(&again)
-        .arg("--noise").arg(&noise_file)
+        .args([
+            "generate",
+            "--backend",
+            "cpu",
+            "--seed",
+            "7",
+            "--class",
+            "2",
+            "--sampler",
+            "jacobi",
+        ])
+        .arg("--model")
+        .arg(&model)
+        .arg("--out")
+        .arg(&again)
+        .arg("--noise")
+        .arg(&noise_file)
         .output()
         .expect("runs");
     assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
@@ -105,8 +136,10 @@ fn generate_explains_bad_input() {
     std::fs::create_dir(&empty).expect("mkdir");
     let output = studio()
         .args(["generate", "--backend", "cpu"])
-        .arg("--model").arg(&empty)
-        .arg("--out").arg(dir.path().join("x.png"))
+        .arg("--model")
+        .arg(&empty)
+        .arg("--out")
+        .arg(dir.path().join("x.png"))
         .output()
         .expect("runs");
     assert!(!output.status.success());
@@ -119,8 +152,10 @@ fn generate_explains_bad_input() {
     model_folder(&model, &pixel_config());
     let output = studio()
         .args(["generate", "--backend", "cpu", "--class", "9"])
-        .arg("--model").arg(&model)
-        .arg("--out").arg(dir.path().join("x.png"))
+        .arg("--model")
+        .arg(&model)
+        .arg("--out")
+        .arg(dir.path().join("x.png"))
         .output()
         .expect("runs");
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -128,8 +163,10 @@ fn generate_explains_bad_input() {
 
     let output = studio()
         .args(["generate", "--backend", "cpu"])
-        .arg("--model").arg(&model)
-        .arg("--out").arg(dir.path().join("no/such/folder/x.png"))
+        .arg("--model")
+        .arg(&model)
+        .arg("--out")
+        .arg(dir.path().join("no/such/folder/x.png"))
         .output()
         .expect("runs");
     let stderr = String::from_utf8_lossy(&output.stderr);

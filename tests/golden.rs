@@ -11,7 +11,9 @@ use burn::tensor::{Device, Tensor};
 use common::{GoldenCheck, golden_config_dirs, read_json, wgpu_device_or_skip};
 use starflow_studio::checkpoint::TensorFile;
 use starflow_studio::model::block::Trace;
-use starflow_studio::model::{Condition, Flow, FlowConfig, Guidance, GuidanceRule, NoObserver, Sampler};
+use starflow_studio::model::{
+    Condition, Flow, FlowConfig, Guidance, GuidanceRule, NoObserver, Sampler,
+};
 
 struct Fixture {
     dir: std::path::PathBuf,
@@ -28,7 +30,8 @@ fn load(dir: &Path, device: &Device) -> Fixture {
     if let Some(std) = meta["noise_std"].as_f64() {
         config.noise_std = std as f32;
     }
-    let weights = TensorFile::open(dir.join("weights.safetensors")).unwrap_or_else(|e| panic!("{e}"));
+    let weights =
+        TensorFile::open(dir.join("weights.safetensors")).unwrap_or_else(|e| panic!("{e}"));
     let flow = Flow::load(&config, &weights, device).unwrap_or_else(|e| panic!("{e}"));
     Fixture { dir: dir.to_path_buf(), meta, flow, tarflow }
 }
@@ -52,9 +55,14 @@ fn check_forward(fx: &Fixture, device: &Device, label: &str) {
         check.compare("forward", "z", out.outputs.last().expect("outputs"));
         for i in 0..blocks {
             check.compare("forward", &format!("outputs.{i}"), &out.outputs[i + 1]);
-            check.compare("forward", &format!("block_logdet.{i}"), &out.logdets[i].clone().mean_dims(&[1, 2]));
+            check.compare(
+                "forward",
+                &format!("block_logdet.{i}"),
+                &out.logdets[i].clone().mean_dims(&[1, 2]),
+            );
         }
-        let per_block: Vec<Tensor<3>> = out.logdets.iter().map(|l| l.clone().mean_dims(&[1, 2])).collect();
+        let per_block: Vec<Tensor<3>> =
+            out.logdets.iter().map(|l| l.clone().mean_dims(&[1, 2])).collect();
         let total = per_block.into_iter().reduce(|a, b| a + b).expect("blocks");
         check.compare("forward", "logdets", &total);
         check.compare("forward", "loss", &out.loss());
@@ -65,8 +73,13 @@ fn check_forward(fx: &Fixture, device: &Device, label: &str) {
         }
         let uncond = fx.flow.forward(x, &Condition::Labels(vec![None; 2]));
         check.compare("forward", "uncond.z", uncond.outputs.last().expect("outputs"));
-        let per_block: Vec<Tensor<3>> = uncond.logdets.iter().map(|l| l.clone().mean_dims(&[1, 2])).collect();
-        check.compare("forward", "uncond.logdets", &per_block.into_iter().reduce(|a, b| a + b).expect("blocks"));
+        let per_block: Vec<Tensor<3>> =
+            uncond.logdets.iter().map(|l| l.clone().mean_dims(&[1, 2])).collect();
+        check.compare(
+            "forward",
+            "uncond.logdets",
+            &per_block.into_iter().reduce(|a, b| a + b).expect("blocks"),
+        );
     } else {
         let condition = Condition::Text(check.input("forward", "y", device));
         let mut trace = Trace::default();
@@ -112,7 +125,8 @@ fn sampling_runs(fx: &Fixture) -> Vec<(String, String, Sampler, Guidance)> {
     }
     let tags = sampling["guidance_tags"].as_object().expect("guidance tags");
     for (tag, weight) in tags {
-        let guidance = Guidance::new(weight.as_f64().expect("weight") as f32, GuidanceRule::Gaussian);
+        let guidance =
+            Guidance::new(weight.as_f64().expect("weight") as f32, GuidanceRule::Gaussian);
         runs.push(("seq".into(), tag.clone(), Sampler::Sequential, guidance));
         for kind in ["jacobi", "jacobi_fixed"] {
             let settings = &sampling[kind];
@@ -163,7 +177,10 @@ fn check_sample(fx: &Fixture, device: &Device, label: &str) {
                 .iter()
                 .map(|v| v.as_u64().expect("count") as usize)
                 .collect();
-            assert_eq!(out.jacobi_iterations, expected, "{label} {prefix}: Jacobi iterations per chunk");
+            assert_eq!(
+                out.jacobi_iterations, expected,
+                "{label} {prefix}: Jacobi iterations per chunk"
+            );
         }
     }
     check.finish();
@@ -188,7 +205,10 @@ fn check_denoise(fx: &Fixture, device: &Device, label: &str) {
         let name = if fx.tarflow { format!("{tag}.output") } else { format!("{tag}.score_output") };
         check.compare("denoise", &name, &score);
         if check.has("denoise", &format!("{tag}.learned_raw")) {
-            let raw = fx.flow.learned_denoiser_raw(input.clone(), &condition).expect("model has a denoiser");
+            let raw = fx
+                .flow
+                .learned_denoiser_raw(input.clone(), &condition)
+                .expect("model has a denoiser");
             check.compare("denoise", &format!("{tag}.learned_raw"), &raw);
             let out = fx.flow.denoise_learned(input, &condition).expect("model has a denoiser");
             check.compare("denoise", &format!("{tag}.learned_output"), &out);

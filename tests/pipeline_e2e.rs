@@ -32,7 +32,8 @@ fn build_folder(dir: &Path, config: &FlowConfig, json: bool) {
     let (_, tensors) = Flow::random(config, 8, &Device::flex());
     write_safetensors(&dir.join("flow.safetensors"), &tensors).expect("writes");
     if json {
-        std::fs::write(dir.join("flow.json"), serde_json::to_string(config).expect("json")).expect("writes");
+        std::fs::write(dir.join("flow.json"), serde_json::to_string(config).expect("json"))
+            .expect("writes");
     }
     copy("t5", &dir.join("text_encoder"), &["config.json", "model.safetensors", "tokenizer.json"]);
     copy("vae", &dir.join("vae"), &["config.json", "diffusion_pytorch_model.safetensors"]);
@@ -42,8 +43,10 @@ fn generate(model: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_starflow-studio"))
         .args(["generate", "--backend", "cpu", "--prompt", "two red circles on a blue background"])
         .args(extra)
-        .arg("--model").arg(model)
-        .arg("--out").arg(out)
+        .arg("--model")
+        .arg(model)
+        .arg("--out")
+        .arg(out)
         .output()
         .expect("runs")
 }
@@ -96,7 +99,8 @@ fn broken_folders_say_what_is_wrong() {
     // Wrong text width: the flow expects 30-wide text vectors, the T5 gives 32.
     let mut other = flow_config();
     other.text_dim = 30;
-    std::fs::write(dir.path().join("flow.json"), serde_json::to_string(&other).expect("json")).expect("writes");
+    std::fs::write(dir.path().join("flow.json"), serde_json::to_string(&other).expect("json"))
+        .expect("writes");
     let (_, tensors) = Flow::random(&other, 8, &device);
     write_safetensors(&dir.path().join("flow.safetensors"), &tensors).expect("writes");
     let err = Pipeline::load(dir.path(), &device).err().expect("refused");
@@ -110,7 +114,11 @@ fn broken_folders_say_what_is_wrong() {
     assert!(matches!(err, PipelineError::NoTextEncoder { .. }), "{err}");
 
     // The autoencoder's folder in the text encoder's place.
-    copy("vae", &dir.path().join("text_encoder"), &["config.json", "diffusion_pytorch_model.safetensors"]);
+    copy(
+        "vae",
+        &dir.path().join("text_encoder"),
+        &["config.json", "diffusion_pytorch_model.safetensors"],
+    );
     let err = Pipeline::load(dir.path(), &device).err().expect("refused");
     assert!(err.to_string().contains("text_encoder"), "{err}");
 

@@ -5,11 +5,11 @@
 use std::ops::ControlFlow;
 
 use burn::tensor::{Device, Tensor};
-use starflow_studio::model::noise::standard_normal;
 use starflow_studio::model::config::{Conditioning, PositionKind, ScaleKind, SeqOrder};
+use starflow_studio::model::noise::standard_normal;
 use starflow_studio::model::{
-    Condition, Flow, FlowConfig, Guidance, GuidanceRule, NoObserver, Progress, SampleError, SampleObserver,
-    Sampler,
+    Condition, Flow, FlowConfig, Guidance, GuidanceRule, NoObserver, Progress, SampleError,
+    SampleObserver, Sampler,
 };
 
 /// f32 round trip through a few small blocks: the official f32 run recovers its noise to
@@ -64,7 +64,9 @@ fn tarflow_config() -> FlowConfig {
 
 fn condition_for(config: &FlowConfig, batch: usize, device: &Device) -> Condition {
     match config.conditioning {
-        Conditioning::Text => Condition::Text(standard_normal([batch, config.text_len, config.text_dim], 98, device)),
+        Conditioning::Text => {
+            Condition::Text(standard_normal([batch, config.text_len, config.text_dim], 98, device))
+        }
         Conditioning::ClassEmbedding { .. } | Conditioning::OneHotClass { .. } => {
             Condition::Labels((0..batch).map(|i| Some(i % 2)).collect())
         }
@@ -77,7 +79,11 @@ fn max_abs_diff(a: &Tensor<4>, b: &Tensor<4>) -> f32 {
 }
 
 fn latent(config: &FlowConfig, batch: usize, device: &Device) -> Tensor<4> {
-    standard_normal([batch, config.latent_channels, config.latent_height, config.latent_width], 99, device)
+    standard_normal(
+        [batch, config.latent_channels, config.latent_height, config.latent_width],
+        99,
+        device,
+    )
 }
 
 #[test]
@@ -111,7 +117,14 @@ fn jacobi_with_tight_threshold_equals_sequential() {
     for weight in [0.0, 2.0] {
         let guidance = Guidance::new(weight, GuidanceRule::Gaussian);
         let seq = flow
-            .sample(noise.clone(), &condition, Some(&null), &guidance, Sampler::Sequential, &mut NoObserver)
+            .sample(
+                noise.clone(),
+                &condition,
+                Some(&null),
+                &guidance,
+                Sampler::Sequential,
+                &mut NoObserver,
+            )
             .expect("sequential");
         let sampler = Sampler::Jacobi { chunk: 5, threshold: 1e-14, max_iterations: 8 };
         let jac = flow
@@ -130,7 +143,8 @@ fn log_abs_det(mut m: Vec<Vec<f64>>) -> f64 {
     let n = m.len();
     let mut total = 0.0;
     for col in 0..n {
-        let pivot = (col..n).max_by(|&a, &b| m[a][col].abs().total_cmp(&m[b][col].abs())).expect("rows");
+        let pivot =
+            (col..n).max_by(|&a, &b| m[a][col].abs().total_cmp(&m[b][col].abs())).expect("rows");
         m.swap(col, pivot);
         let p = m[col][col];
         total += p.abs().ln();
@@ -159,7 +173,8 @@ fn logdet_matches_brute_force_jacobian() {
         let z = flow.forward(input.clone(), &condition).z.reshape([dims]);
         let picked = z.narrow(0, output, 1).sum();
         let grads = picked.backward();
-        let row = input.grad(&grads).expect("gradient").inner().try_into_vec_as::<f32>().expect("reads");
+        let row =
+            input.grad(&grads).expect("gradient").inner().try_into_vec_as::<f32>().expect("reads");
         jacobian.push(row.into_iter().map(f64::from).collect::<Vec<_>>());
     }
     let brute = log_abs_det(jacobian);
@@ -204,9 +219,22 @@ fn progress_partial_latent_and_block_order_are_reported() {
     let (flow, _) = Flow::random(&config, 5, &device);
     let noise = latent(&config, 1, &device);
     let condition = condition_for(&config, 1, &device);
-    let mut recorder = Recorder { seen: Vec::new(), stop_after: None, partial_at: 7, partial: None, blocks_done: Vec::new() };
+    let mut recorder = Recorder {
+        seen: Vec::new(),
+        stop_after: None,
+        partial_at: 7,
+        partial: None,
+        blocks_done: Vec::new(),
+    };
     let out = flow
-        .sample(noise.clone(), &condition, None, &Guidance::off(), Sampler::Sequential, &mut recorder)
+        .sample(
+            noise.clone(),
+            &condition,
+            None,
+            &Guidance::off(),
+            Sampler::Sequential,
+            &mut recorder,
+        )
         .expect("runs");
     let tokens = config.tokens();
     assert_eq!(recorder.seen.len(), tokens * config.num_blocks(), "one report per token per block");
@@ -221,10 +249,14 @@ fn progress_partial_latent_and_block_order_are_reported() {
     let start = flow.patchify(noise);
     let partial = flow.patchify(partial);
     let flipped = config.block_flipped(config.deep_index());
-    let order: Vec<usize> = if flipped { (0..tokens).rev().collect() } else { (0..tokens).collect() };
+    let order: Vec<usize> =
+        if flipped { (0..tokens).rev().collect() } else { (0..tokens).collect() };
     for (rank, &token) in order.iter().enumerate() {
         let expected = if rank < 7 { &deep_out } else { &start };
-        let err: f32 = (partial.clone().narrow(1, token, 1) - expected.clone().narrow(1, token, 1)).abs().max().into_scalar();
+        let err: f32 = (partial.clone().narrow(1, token, 1) - expected.clone().narrow(1, token, 1))
+            .abs()
+            .max()
+            .into_scalar();
         assert!(err < 1e-6, "token {token} (rank {rank}) differs by {err}");
     }
 }
@@ -234,8 +266,21 @@ fn cancelling_stops_within_one_token() {
     let device = Device::flex();
     let config = text_config();
     let (flow, _) = Flow::random(&config, 5, &device);
-    let mut recorder = Recorder { seen: Vec::new(), stop_after: Some(3), partial_at: usize::MAX, partial: None, blocks_done: Vec::new() };
-    let result = flow.sample(latent(&config, 1, &device), &condition_for(&config, 1, &device), None, &Guidance::off(), Sampler::Sequential, &mut recorder);
+    let mut recorder = Recorder {
+        seen: Vec::new(),
+        stop_after: Some(3),
+        partial_at: usize::MAX,
+        partial: None,
+        blocks_done: Vec::new(),
+    };
+    let result = flow.sample(
+        latent(&config, 1, &device),
+        &condition_for(&config, 1, &device),
+        None,
+        &Guidance::off(),
+        Sampler::Sequential,
+        &mut recorder,
+    );
     assert_eq!(result.err(), Some(SampleError::Cancelled(starflow_studio::model::Cancelled)));
     assert_eq!(recorder.seen.len(), 3, "no token step ran after the stop");
 }
@@ -245,6 +290,13 @@ fn guidance_without_null_condition_is_refused() {
     let device = Device::flex();
     let config = text_config();
     let (flow, _) = Flow::random(&config, 5, &device);
-    let result = flow.sample(latent(&config, 1, &device), &condition_for(&config, 1, &device), None, &Guidance::new(2.0, GuidanceRule::Gaussian), Sampler::Sequential, &mut NoObserver);
+    let result = flow.sample(
+        latent(&config, 1, &device),
+        &condition_for(&config, 1, &device),
+        None,
+        &Guidance::new(2.0, GuidanceRule::Gaussian),
+        Sampler::Sequential,
+        &mut NoObserver,
+    );
     assert_eq!(result.err(), Some(SampleError::NoNullCondition));
 }

@@ -35,11 +35,7 @@ fn tokenizer_round_trips_captions_and_loads_as_a_prompt_tokenizer() {
     let prompt = PromptTokenizer::from_file(&path, 16).expect("PromptTokenizer accepts it");
     assert_eq!((prompt.pad_id(), prompt.eos_id()), (0, 1));
     let empty = prompt.encode("").expect("encodes");
-    assert_eq!(
-        empty.used_tokens(),
-        1,
-        "the empty prompt is just </s>: the null condition"
-    );
+    assert_eq!(empty.used_tokens(), 1, "the empty prompt is just </s>: the null condition");
 
     let raw = tokenizers::Tokenizer::from_file(&path).expect("loads");
     let unk = raw.token_to_id("<unk>").expect("has <unk>");
@@ -47,22 +43,14 @@ fn tokenizer_round_trips_captions_and_loads_as_a_prompt_tokenizer() {
         let caption = scene.caption();
         let tokens = prompt.encode(&caption).expect("encodes");
         assert!(tokens.cut.is_none(), "{caption:?} fits in 16 tokens");
-        assert!(
-            !tokens.ids.contains(&unk),
-            "{caption:?} has an unknown word"
-        );
+        assert!(!tokens.ids.contains(&unk), "{caption:?} has an unknown word");
         let decoded = raw.decode(&tokens.ids, true).expect("decodes");
         assert_eq!(decoded.replace(" ,", ","), caption);
     }
-    let shouted = prompt
-        .encode("TWO RED CIRCLES on a blue background, top left")
-        .expect("encodes");
+    let shouted = prompt.encode("TWO RED CIRCLES on a blue background, top left").expect("encodes");
     assert_eq!(
         shouted.ids,
-        prompt
-            .encode("two red circles on a blue background, top left")
-            .expect("encodes")
-            .ids
+        prompt.encode("two red circles on a blue background, top left").expect("encodes").ids
     );
 }
 
@@ -97,13 +85,7 @@ fn a_few_joint_steps_reduce_the_flow_loss() {
     let mut optim = burn_optim::AdamWConfig::new().with_weight_decay(0.0).init();
     let mut losses = Vec::new();
     for _ in 0..FIT_STEPS {
-        let settings = JointStep {
-            seed: 1,
-            step: 0,
-            batch: 4,
-            caption_dropout: 0.1,
-            lr: 1e-3,
-        };
+        let settings = JointStep { seed: 1, step: 0, batch: 4, caption_dropout: 0.1, lr: 1e-3 };
         let (next, loss) =
             joint_step(model, &mut optim, &vae, &tokenizer, settings, &device).expect("steps");
         model = next;
@@ -143,16 +125,7 @@ fn an_interrupted_run_resumes_to_the_same_weights() {
         _ => ControlFlow::Continue(()),
     };
     let err = run_training(&options, &mut stop).err().expect("stopped");
-    assert!(
-        matches!(
-            err,
-            TrainError::Stopped {
-                stage: Stage::Joint,
-                step: 3
-            }
-        ),
-        "{err}"
-    );
+    assert!(matches!(err, TrainError::Stopped { stage: Stage::Joint, step: 3 }), "{err}");
     let resumed = run_training(&options, &mut |_| ControlFlow::Continue(())).expect("resumes");
     assert_eq!(resumed.resumed_from, Some((Stage::Joint, 2)));
 
@@ -163,10 +136,7 @@ fn an_interrupted_run_resumes_to_the_same_weights() {
     ] {
         let a = std::fs::read(uninterrupted.model_dir.join(file)).expect("reads");
         let b = std::fs::read(resumed.model_dir.join(file)).expect("reads");
-        assert!(
-            a == b,
-            "{file} differs between the uninterrupted and the resumed run"
-        );
+        assert!(a == b, "{file} differs between the uninterrupted and the resumed run");
     }
     let losses = |r: &TrainReport| r.history.iter().map(|p| p.loss).collect::<Vec<_>>();
     assert_eq!(losses(uninterrupted), losses(&resumed));
@@ -175,11 +145,7 @@ fn an_interrupted_run_resumes_to_the_same_weights() {
 #[test]
 fn the_written_folder_loads_and_generates_a_64_px_image() {
     let (_, report) = trained();
-    assert!(
-        report.model_bytes < 20_000_000,
-        "{} bytes",
-        report.model_bytes
-    );
+    assert!(report.model_bytes < 20_000_000, "{} bytes", report.model_bytes);
     assert!(report.sample_grid.is_file());
     let pipeline =
         Pipeline::load(&report.model_dir, &Device::flex()).expect("the strict loader reads it");
@@ -196,9 +162,8 @@ fn the_written_folder_loads_and_generates_a_64_px_image() {
         sampler: Sampler::Sequential,
         denoise: Denoise::Score,
     };
-    let generated = pipeline
-        .generate(&request, pipeline.noise(3), &mut NoObserver)
-        .expect("generates");
+    let generated =
+        pipeline.generate(&request, pipeline.noise(3), &mut NoObserver).expect("generates");
     assert_eq!((generated.image.width, generated.image.height), (64, 64));
     // Untrained for real, so no attribute needs to be right; the checker must still read it.
     let _ = agree(&read(&generated.image), &scene);
@@ -211,19 +176,11 @@ fn eval_on_a_tiny_trained_folder_writes_the_documented_report() {
     let eval = eval_default(&report.model_dir, 2, out.path(), &Device::flex()).expect("evaluates");
     let text = std::fs::read_to_string(out.path().join("report.json")).expect("report written");
     let json: serde_json::Value = serde_json::from_str(&text).expect("json");
-    for key in [
-        "fully_right",
-        "fully_right_unguided",
-        "attributes",
-        "bits_per_dim",
-    ] {
+    for key in ["fully_right", "fully_right_unguided", "attributes", "bits_per_dim"] {
         assert!(json.get(key).is_some(), "report.json lacks {key}: {text}");
     }
     for attribute in ["background", "count", "color", "shape", "place"] {
-        assert!(
-            json["attributes"].get(attribute).is_some(),
-            "no {attribute} accuracy"
-        );
+        assert!(json["attributes"].get(attribute).is_some(), "no {attribute} accuracy");
     }
     assert!(eval.bits_per_dim.is_finite());
     assert!(out.path().join("grid.png").is_file() && out.path().join("captions.txt").is_file());

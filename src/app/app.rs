@@ -136,10 +136,7 @@ impl StudioApp {
             settings.backend = backend;
         }
         let ctx = cc.egui_ctx.clone();
-        let channel_shader = cc
-            .wgpu_render_state
-            .as_ref()
-            .is_some_and(ui::channels::install);
+        let channel_shader = cc.wgpu_render_state.as_ref().is_some_and(ui::channels::install);
         let worker = spawn_worker(&ctx, options.event_capacity).unwrap_or_else(|error| {
             panic!("the generation worker thread could not be started: {error:#}")
         });
@@ -185,23 +182,15 @@ impl StudioApp {
 
     pub fn load_model(&mut self, folder: &Path) {
         self.model_folder_text = folder.display().to_string();
-        self.model = ModelState::Loading {
-            stage: String::new(),
-            done: 0.0,
-            folder: folder.to_path_buf(),
-        };
+        self.model =
+            ModelState::Loading { stage: String::new(), done: 0.0, folder: folder.to_path_buf() };
         self.worker.load(folder, self.settings.backend);
     }
 
     pub fn is_running(&self) -> bool {
-        self.run
-            .as_ref()
-            .is_some_and(|run| run.state == RunState::Running)
+        self.run.as_ref().is_some_and(|run| run.state == RunState::Running)
             || (self.current_job.is_some()
-                && self
-                    .run
-                    .as_ref()
-                    .is_none_or(|r| Some(r.id) != self.current_job))
+                && self.run.as_ref().is_none_or(|r| Some(r.id) != self.current_job))
     }
 
     pub fn model_info(&self) -> Option<&ModelInfo> {
@@ -214,10 +203,8 @@ impl StudioApp {
     /// Start a generation (stopping one that runs).
     pub fn generate(&mut self) {
         let Some(model) = self.model_info() else {
-            self.message = Some(Message {
-                text: "Load a model before generating.".into(),
-                error: true,
-            });
+            self.message =
+                Some(Message { text: "Load a model before generating.".into(), error: true });
             return;
         };
         let request = self.settings.request(model);
@@ -265,31 +252,20 @@ impl StudioApp {
                     self.load_model(&folder);
                 }
             }
-            Err(error) => {
-                self.message = Some(Message {
-                    text: format!("{error:#}"),
-                    error: true,
-                })
-            }
+            Err(error) => self.message = Some(Message { text: format!("{error:#}"), error: true }),
         }
     }
 
     fn texture(&mut self, name: &str, image: &crate::image_out::RgbImage) -> egui::TextureHandle {
         let color = egui::ColorImage::from_rgb([image.width, image.height], &image.pixels);
-        self.ctx
-            .load_texture(name, color, egui::TextureOptions::NEAREST)
+        self.ctx.load_texture(name, color, egui::TextureOptions::NEAREST)
     }
 
     fn stage_view(&mut self, stage: Stage) -> StageView {
         let key = self.next_key;
         self.next_key += 1;
         let texture = self.texture(&format!("stage-{key}"), &stage.image);
-        StageView {
-            stage,
-            texture,
-            key,
-            channels_texture: None,
-        }
+        StageView { stage, texture, key, channels_texture: None }
     }
 
     /// Apply worker and file events for at most [`DRAIN_BUDGET`].
@@ -339,33 +315,20 @@ impl StudioApp {
                     self.settings.model_folder.as_deref() != Some(info.folder.as_path());
                 self.settings.adapt_to(&info, new_model);
                 self.settings.model_folder = Some(info.folder.clone());
-                self.message = Some(Message {
-                    text: format!("Loaded {}", info.name),
-                    error: false,
-                });
+                self.message =
+                    Some(Message { text: format!("Loaded {}", info.name), error: false });
                 self.model = ModelState::Ready(info);
             }
             Event::LoadFailed { folder, message } => {
-                self.message = Some(Message {
-                    text: message.clone(),
-                    error: true,
-                });
+                self.message = Some(Message { text: message.clone(), error: true });
                 self.model = ModelState::Failed { folder, message };
                 self.pending_generate = false;
             }
-            Event::Started {
-                id,
-                index,
-                seed,
-                plan,
-            } => {
+            Event::Started { id, index, seed, plan } => {
                 if Some(id) != self.current_job {
                     return;
                 }
-                let requested_at = self
-                    .run
-                    .as_ref()
-                    .map_or_else(Instant::now, |r| r.requested_at);
+                let requested_at = self.run.as_ref().map_or_else(Instant::now, |r| r.requested_at);
                 let first_preview_secs = self.run.as_ref().and_then(|r| r.first_preview_secs);
                 self.run = Some(Run {
                     id,
@@ -428,13 +391,8 @@ impl StudioApp {
                     return;
                 }
                 let have = self.run_for(id).map_or(0, |r| r.stages.len());
-                let missing: Vec<StageView> = outcome
-                    .stages
-                    .iter()
-                    .skip(have)
-                    .cloned()
-                    .map(|s| self.stage_view(s))
-                    .collect();
+                let missing: Vec<StageView> =
+                    outcome.stages.iter().skip(have).cloned().map(|s| self.stage_view(s)).collect();
                 self.files.send(FileJob::HistoryAdd {
                     image: outcome.image().clone(),
                     record: outcome.record.clone(),
@@ -476,10 +434,7 @@ impl StudioApp {
                     }
                 }
                 log::error!("{message}");
-                self.message = Some(Message {
-                    text: message,
-                    error: true,
-                });
+                self.message = Some(Message { text: message, error: true });
             }
         }
     }
@@ -494,19 +449,11 @@ impl StudioApp {
                 if let Some(folder) = path.parent() {
                     self.settings.export_folder = Some(folder.to_path_buf());
                 }
-                self.message = Some(Message {
-                    text: format!("Saved {}", path.display()),
-                    error: false,
-                });
+                self.message =
+                    Some(Message { text: format!("Saved {}", path.display()), error: false });
             }
-            FileEvent::Picked {
-                path: Some(path), ..
-            } => self.save_to(&path),
-            FileEvent::Picked {
-                path: None,
-                elapsed,
-                ..
-            } => {
+            FileEvent::Picked { path: Some(path), .. } => self.save_to(&path),
+            FileEvent::Picked { path: None, elapsed, .. } => {
                 if elapsed < DIALOG_MIN_OPEN {
                     self.dialog_unavailable = true;
                     self.message = Some(Message {
@@ -527,16 +474,13 @@ impl StudioApp {
                 });
             }
             FileEvent::Restored { path, restored } => {
-                let name = path
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default();
+                let name =
+                    path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
                 match restored {
                     Restored::Record(record) => self.settings.restore(&record),
                     Restored::Parameters(parameters) => {
-                        let rule = self
-                            .model_info()
-                            .map_or(crate::model::GuidanceRule::Gaussian, |m| {
+                        let rule =
+                            self.model_info().map_or(crate::model::GuidanceRule::Gaussian, |m| {
                                 m.config.guidance_rule
                             });
                         self.settings.restore_parameters(&parameters, rule);
@@ -554,16 +498,10 @@ impl StudioApp {
                 });
             }
             FileEvent::Copied => {
-                self.message = Some(Message {
-                    text: "Copied the image.".into(),
-                    error: false,
-                })
+                self.message = Some(Message { text: "Copied the image.".into(), error: false })
             }
             FileEvent::History(entries) => {
-                self.history = entries
-                    .into_iter()
-                    .map(|entry| self.history_item(entry))
-                    .collect();
+                self.history = entries.into_iter().map(|entry| self.history_item(entry)).collect();
             }
             FileEvent::HistoryAdded(entry) => {
                 let item = self.history_item(entry);
@@ -574,10 +512,7 @@ impl StudioApp {
             }
             FileEvent::Failed { message } => {
                 log::error!("{message}");
-                self.message = Some(Message {
-                    text: message,
-                    error: true,
-                });
+                self.message = Some(Message { text: message, error: true });
             }
         }
     }
@@ -605,11 +540,8 @@ impl StudioApp {
             Some(outcome) => (outcome.request.prompt.clone(), outcome.request.seed),
             None => (self.settings.prompt.clone(), self.settings.seed),
         };
-        let name = format!(
-            "{}.{}",
-            file_stem(&prompt, seed),
-            self.settings.export_format.extension()
-        );
+        let name =
+            format!("{}.{}", file_stem(&prompt, seed), self.settings.export_format.extension());
         self.export_path = self.export_folder().join(name).display().to_string();
     }
 
@@ -622,17 +554,8 @@ impl StudioApp {
             return;
         };
         let (path, format) = path_with_format(path, self.settings.export_format);
-        let text = if format == ExportFormat::Png {
-            outcome.record.png_text()
-        } else {
-            Vec::new()
-        };
-        self.files.send(FileJob::Save {
-            path,
-            image: outcome.image().clone(),
-            format,
-            text,
-        });
+        let text = if format == ExportFormat::Png { outcome.record.png_text() } else { Vec::new() };
+        self.files.send(FileJob::Save { path, image: outcome.image().clone(), format, text });
     }
 
     fn act(&mut self, action: Action) {
@@ -648,10 +571,8 @@ impl StudioApp {
             }
             Action::SaveDialog => {
                 let path = PathBuf::from(self.export_path.trim());
-                let name = path
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default();
+                let name =
+                    path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
                 self.files.send(FileJob::PickPath {
                     folder: self.export_folder(),
                     name,
@@ -678,9 +599,7 @@ impl StudioApp {
             }
             Action::Copy => {
                 if let Some(outcome) = self.run.as_ref().and_then(|r| r.outcome.as_ref()) {
-                    self.files.send(FileJob::Copy {
-                        image: outcome.image().clone(),
-                    });
+                    self.files.send(FileJob::Copy { image: outcome.image().clone() });
                 }
             }
             Action::FormatChanged => {
@@ -727,9 +646,7 @@ impl StudioApp {
             }
             Action::HistoryDelete(index) => {
                 if let Some(item) = self.history.get(index) {
-                    self.files.send(FileJob::HistoryDelete {
-                        path: item.entry.path.clone(),
-                    });
+                    self.files.send(FileJob::HistoryDelete { path: item.entry.path.clone() });
                 }
             }
         }
@@ -741,12 +658,8 @@ impl StudioApp {
         let (generate, cancel, dropped) = ctx.input_mut(|input| {
             let generate = input.consume_key(egui::Modifiers::COMMAND, egui::Key::Enter);
             let cancel = input.consume_key(egui::Modifiers::NONE, egui::Key::Escape);
-            let dropped: Vec<PathBuf> = input
-                .raw
-                .dropped_files
-                .iter()
-                .map(|f| f.path().to_path_buf())
-                .collect();
+            let dropped: Vec<PathBuf> =
+                input.raw.dropped_files.iter().map(|f| f.path().to_path_buf()).collect();
             (generate, cancel, dropped)
         });
         if generate {
@@ -783,13 +696,10 @@ impl eframe::App for StudioApp {
         egui::Panel::top("model")
             .show(ui, |ui| ui::model_bar::model_bar_ui(ui, self, &mut actions));
         egui::Panel::bottom("status").show(ui, |ui| ui::status::status_ui(ui, self, &mut actions));
-        egui::Panel::left("controls")
-            .resizable(true)
-            .default_size(300.0)
-            .show(ui, |ui| {
-                egui::ScrollArea::vertical()
-                    .show(ui, |ui| ui::controls::controls_ui(ui, self, &mut actions));
-            });
+        egui::Panel::left("controls").resizable(true).default_size(300.0).show(ui, |ui| {
+            egui::ScrollArea::vertical()
+                .show(ui, |ui| ui::controls::controls_ui(ui, self, &mut actions));
+        });
         egui::Panel::right("history")
             .resizable(true)
             .default_size(180.0)

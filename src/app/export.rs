@@ -67,10 +67,7 @@ impl ExportFormat {
 /// [`MAX_PROMPT_STEM_BYTES`] bytes (cut at a character boundary), then the seed.
 pub fn file_stem(prompt: &str, seed: u64) -> String {
     let mut stem = String::new();
-    for word in prompt
-        .split(|c: char| !c.is_alphanumeric())
-        .filter(|w| !w.is_empty())
-    {
+    for word in prompt.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()) {
         let word = word.to_lowercase();
         let extra = if stem.is_empty() { 0 } else { 1 };
         if stem.len() + extra + word.len() > MAX_PROMPT_STEM_BYTES {
@@ -106,26 +103,19 @@ pub fn encode(
     if format == ExportFormat::Png {
         return Ok(encode_png(image, text)?);
     }
-    let buffer = image::RgbImage::from_raw(
-        image.width as u32,
-        image.height as u32,
-        image.pixels.clone(),
-    )
-    .context("the image buffer does not match its size")?;
+    let buffer =
+        image::RgbImage::from_raw(image.width as u32, image.height as u32, image.pixels.clone())
+            .context("the image buffer does not match its size")?;
     let mut bytes = Vec::new();
     match format {
         ExportFormat::Jpeg => {
             let encoder =
                 image::codecs::jpeg::JpegEncoder::new_with_quality(&mut bytes, JPEG_QUALITY);
-            buffer
-                .write_with_encoder(encoder)
-                .context("encoding the JPEG")?;
+            buffer.write_with_encoder(encoder).context("encoding the JPEG")?;
         }
         ExportFormat::WebP => {
             let encoder = image::codecs::webp::WebPEncoder::new_lossless(&mut bytes);
-            buffer
-                .write_with_encoder(encoder)
-                .context("encoding the WebP")?;
+            buffer.write_with_encoder(encoder).context("encoding the WebP")?;
         }
         ExportFormat::Png => unreachable!("handled above"),
     }
@@ -135,14 +125,9 @@ pub fn encode(
 /// The images side by side, magnified by one integer factor (nearest neighbour) so that tiny
 /// latents stay visible, with a dark gap between tiles.
 pub fn strip(images: &[&RgbImage]) -> anyhow::Result<RgbImage> {
-    let Some(first) = images.first() else {
-        bail!("there are no stages to put in a strip")
-    };
+    let Some(first) = images.first() else { bail!("there are no stages to put in a strip") };
     let (width, height) = (first.width, first.height);
-    if images
-        .iter()
-        .any(|i| (i.width, i.height) != (width, height))
-    {
+    if images.iter().any(|i| (i.width, i.height) != (width, height)) {
         bail!("the stages have different sizes");
     }
     let scale = STRIP_MIN_TILE_PX.div_ceil(height.max(1)).max(1);
@@ -159,11 +144,7 @@ pub fn strip(images: &[&RgbImage]) -> anyhow::Result<RgbImage> {
             }
         }
     }
-    Ok(RgbImage {
-        width: total_w,
-        height: tile_h,
-        pixels,
-    })
+    Ok(RgbImage { width: total_w, height: tile_h, pixels })
 }
 
 /// Encode and write atomically (temp file in the same folder, then rename).
@@ -283,11 +264,7 @@ impl FileWorker {
             .name("starflow-files".into())
             .spawn(move || serve(job_rx, event_tx, history_folder, notify))
             .context("starting the file thread")?;
-        Ok(Self {
-            jobs: Some(job_tx),
-            events: event_rx,
-            thread: Some(thread),
-        })
+        Ok(Self { jobs: Some(job_tx), events: event_rx, thread: Some(thread) })
     }
 
     pub fn send(&self, job: FileJob) {
@@ -340,12 +317,9 @@ fn serve(
     };
     for job in jobs.iter() {
         let result: anyhow::Result<Option<FileEvent>> = match job {
-            FileJob::Save {
-                path,
-                image,
-                format,
-                text,
-            } => save(&path, &image, format, &text).map(|()| Some(FileEvent::Saved { path })),
+            FileJob::Save { path, image, format, text } => {
+                save(&path, &image, format, &text).map(|()| Some(FileEvent::Saved { path }))
+            }
             FileJob::SaveStrip { path, images, text } => strip(&images.iter().collect::<Vec<_>>())
                 .and_then(|image| save(&path, &image, ExportFormat::Png, &text))
                 .map(|()| Some(FileEvent::Saved { path })),
@@ -363,11 +337,7 @@ fn serve(
                     });
                 spawned.map(|_| None).context("starting the folder dialog")
             }
-            FileJob::PickPath {
-                folder,
-                name,
-                format,
-            } => {
+            FileJob::PickPath { folder, name, format } => {
                 pick_path(folder, name, format, events.clone(), notify.clone());
                 Ok(None)
             }
@@ -388,9 +358,7 @@ fn serve(
         match result {
             Ok(Some(event)) => send(event),
             Ok(None) => {}
-            Err(error) => send(FileEvent::Failed {
-                message: format!("{error:#}"),
-            }),
+            Err(error) => send(FileEvent::Failed { message: format!("{error:#}") }),
         }
     }
 }
@@ -402,20 +370,15 @@ fn pick_path(
     events: Sender<FileEvent>,
     notify: Option<Arc<dyn Fn() + Send + Sync>>,
 ) {
-    let spawned = std::thread::Builder::new()
-        .name("starflow-save-dialog".into())
-        .spawn(move || {
+    let spawned =
+        std::thread::Builder::new().name("starflow-save-dialog".into()).spawn(move || {
             let started = Instant::now();
             let path = rfd::FileDialog::new()
                 .set_directory(&folder)
                 .set_file_name(&name)
                 .add_filter(format.label(), &[format.extension()])
                 .save_file();
-            let _ = events.send(FileEvent::Picked {
-                path,
-                format,
-                elapsed: started.elapsed(),
-            });
+            let _ = events.send(FileEvent::Picked { path, format, elapsed: started.elapsed() });
             if let Some(notify) = notify {
                 notify();
             }
@@ -452,16 +415,9 @@ fn copy(clipboard: &mut Option<arboard::Clipboard>, image: &RgbImage) -> anyhow:
             arboard::Clipboard::new().context("The clipboard is not available on this desktop")?,
         );
     }
-    let rgba: Vec<u8> = image
-        .pixels
-        .chunks_exact(3)
-        .flat_map(|p| [p[0], p[1], p[2], 255])
-        .collect();
-    let data = arboard::ImageData {
-        width: image.width,
-        height: image.height,
-        bytes: rgba.into(),
-    };
+    let rgba: Vec<u8> =
+        image.pixels.chunks_exact(3).flat_map(|p| [p[0], p[1], p[2], 255]).collect();
+    let data = arboard::ImageData { width: image.width, height: image.height, bytes: rgba.into() };
     clipboard
         .as_mut()
         .expect("set above")
@@ -480,36 +436,22 @@ mod tests {
         assert_eq!(file_stem("  ", 3), "starflow-3");
         let long = "ünïcödé ".repeat(100);
         let stem = file_stem(&long, u64::MAX);
-        assert!(
-            stem.len() <= MAX_PROMPT_STEM_BYTES + 21,
-            "{} bytes",
-            stem.len()
-        );
+        assert!(stem.len() <= MAX_PROMPT_STEM_BYTES + 21, "{} bytes", stem.len());
         let one_word = "x".repeat(1000);
         assert_eq!(file_stem(&one_word, 1).len(), MAX_PROMPT_STEM_BYTES + 2);
     }
 
     #[test]
     fn the_strip_magnifies_tiles_side_by_side() {
-        let tile = RgbImage {
-            width: 2,
-            height: 2,
-            pixels: vec![200; 12],
-        };
+        let tile = RgbImage { width: 2, height: 2, pixels: vec![200; 12] };
         let strip = strip(&[&tile, &tile, &tile]).expect("same sizes");
-        assert_eq!(
-            (strip.width, strip.height),
-            (3 * 128 + 2 * STRIP_GAP_PX, 128)
-        );
+        assert_eq!((strip.width, strip.height), (3 * 128 + 2 * STRIP_GAP_PX, 128));
     }
 
     #[test]
     fn jpeg_and_webp_encode() {
-        let image = RgbImage {
-            width: 4,
-            height: 3,
-            pixels: (0..36).map(|v| v as u8 * 7).collect(),
-        };
+        let image =
+            RgbImage { width: 4, height: 3, pixels: (0..36).map(|v| v as u8 * 7).collect() };
         let jpeg = encode(&image, ExportFormat::Jpeg, &[]).expect("jpeg");
         assert_eq!(&jpeg[..2], &[0xFF, 0xD8]);
         let webp = encode(&image, ExportFormat::WebP, &[]).expect("webp");

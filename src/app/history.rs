@@ -90,12 +90,7 @@ fn read_entry(path: &Path) -> anyhow::Result<HistoryEntry> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {path:?}"))?;
     let (image, text) = read_png(&bytes).with_context(|| format!("decoding {path:?}"))?;
     let record = GenerationRecord::from_png_text(&text);
-    Ok(HistoryEntry {
-        path: path.to_path_buf(),
-        record,
-        thumbnail: thumbnail(&image),
-        image,
-    })
+    Ok(HistoryEntry { path: path.to_path_buf(), record, thumbnail: thumbnail(&image), image })
 }
 
 /// Fit into [`THUMBNAIL_PX`]: box-average when shrinking, nearest neighbour when growing.
@@ -123,11 +118,7 @@ pub fn thumbnail(image: &RgbImage) -> RgbImage {
             }
         }
     }
-    RgbImage {
-        width,
-        height,
-        pixels,
-    }
+    RgbImage { width, height, pixels }
 }
 
 fn resize_nearest(image: &RgbImage, scale: usize) -> RgbImage {
@@ -139,11 +130,7 @@ fn resize_nearest(image: &RgbImage, scale: usize) -> RgbImage {
             pixels.extend_from_slice(&image.pixels[source..source + 3]);
         }
     }
-    RgbImage {
-        width,
-        height,
-        pixels,
-    }
+    RgbImage { width, height, pixels }
 }
 
 #[cfg(test)]
@@ -152,11 +139,7 @@ mod tests {
 
     #[test]
     fn thumbnails_fit_the_square() {
-        let big = RgbImage {
-            width: 256,
-            height: 128,
-            pixels: vec![9; 256 * 128 * 3],
-        };
+        let big = RgbImage { width: 256, height: 128, pixels: vec![9; 256 * 128 * 3] };
         let small = thumbnail(&big);
         assert!(
             small.width <= THUMBNAIL_PX && small.height <= THUMBNAIL_PX,
@@ -164,11 +147,7 @@ mod tests {
             small.width,
             small.height
         );
-        let tiny = RgbImage {
-            width: 6,
-            height: 8,
-            pixels: vec![9; 6 * 8 * 3],
-        };
+        let tiny = RgbImage { width: 6, height: 8, pixels: vec![9; 6 * 8 * 3] };
         assert_eq!((thumbnail(&tiny).width, thumbnail(&tiny).height), (72, 96));
     }
 }

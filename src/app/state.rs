@@ -98,11 +98,7 @@ impl Settings {
         GenerateRequest {
             prompt: self.prompt.clone(),
             negative_prompt: negative.then(|| self.negative_prompt.clone()),
-            class: if model.num_classes().is_some() {
-                self.class
-            } else {
-                None
-            },
+            class: if model.num_classes().is_some() { self.class } else { None },
             seed: self.seed,
             guidance: Guidance::new(weight, rule),
             sampler,
@@ -202,9 +198,7 @@ pub fn parse_parameters(text: &str) -> A1111Parameters {
     }
     let field = |key: &str| {
         fields.split(", ").find_map(|pair| {
-            pair.strip_prefix(key)
-                .and_then(|v| v.strip_prefix(": "))
-                .map(str::trim)
+            pair.strip_prefix(key).and_then(|v| v.strip_prefix(": ")).map(str::trim)
         })
     };
     A1111Parameters {
@@ -237,16 +231,9 @@ mod tests {
 
     #[test]
     fn settings_survive_a_json_round_trip_and_missing_fields_default() {
-        let settings = Settings {
-            prompt: "x".into(),
-            seed: 9,
-            ..Settings::default()
-        };
+        let settings = Settings { prompt: "x".into(), seed: 9, ..Settings::default() };
         let text = serde_json::to_string(&settings).expect("serializes");
-        assert_eq!(
-            serde_json::from_str::<Settings>(&text).expect("parses"),
-            settings
-        );
+        assert_eq!(serde_json::from_str::<Settings>(&text).expect("parses"), settings);
         let partial: Settings = serde_json::from_str(r#"{"seed": 3}"#).expect("parses");
         assert_eq!((partial.seed, partial.batch_count), (3, 1));
     }

@@ -32,16 +32,9 @@ pub type JobId = u64;
 #[derive(Debug)]
 pub enum Job {
     /// Pick the device for `backend` (once per choice) and load a model folder onto it.
-    Load {
-        folder: PathBuf,
-        backend: BackendChoice,
-    },
+    Load { folder: PathBuf, backend: BackendChoice },
     /// `count` images with seeds `request.seed`, `request.seed + 1`, ...
-    Generate {
-        id: JobId,
-        request: GenerateRequest,
-        count: usize,
-    },
+    Generate { id: JobId, request: GenerateRequest, count: usize },
     /// Panic inside the job handler; lets tests check that a crash is caught and reported.
     #[doc(hidden)]
     Panic { message: String },
@@ -197,11 +190,7 @@ pub struct Outcome {
 
 impl Outcome {
     pub fn image(&self) -> &RgbImage {
-        &self
-            .stages
-            .last()
-            .expect("an outcome has its final image")
-            .image
+        &self.stages.last().expect("an outcome has its final image").image
     }
 }
 
@@ -217,11 +206,7 @@ pub struct WorkerOptions {
 
 impl Default for WorkerOptions {
     fn default() -> Self {
-        Self {
-            event_capacity: 64,
-            preview_interval: Duration::from_millis(33),
-            notify: None,
-        }
+        Self { event_capacity: 64, preview_interval: Duration::from_millis(33), notify: None }
     }
 }
 
@@ -262,21 +247,14 @@ impl Worker {
     }
 
     pub fn load(&self, folder: &Path, backend: BackendChoice) {
-        self.send(Job::Load {
-            folder: folder.to_path_buf(),
-            backend,
-        });
+        self.send(Job::Load { folder: folder.to_path_buf(), backend });
     }
 
     /// Queue a generation; returns its id.
     pub fn generate(&mut self, request: GenerateRequest, count: usize) -> JobId {
         let id = self.next_id;
         self.next_id += 1;
-        self.send(Job::Generate {
-            id,
-            request,
-            count: count.max(1),
-        });
+        self.send(Job::Generate { id, request, count: count.max(1) });
         id
     }
 
@@ -287,9 +265,7 @@ impl Worker {
 
     #[doc(hidden)]
     pub fn send_panic(&self, message: &str) {
-        self.send(Job::Panic {
-            message: message.to_string(),
-        });
+        self.send(Job::Panic { message: message.to_string() });
     }
 
     fn send(&self, job: Job) {
@@ -395,10 +371,7 @@ struct State {
 }
 
 fn serve(jobs: Receiver<Job>, shared: Shared) {
-    let mut state = State {
-        pipeline: None,
-        devices: Vec::new(),
-    };
+    let mut state = State { pipeline: None, devices: Vec::new() };
     for job in jobs.iter() {
         let id = match &job {
             Job::Generate { id, .. } => Some(*id),
@@ -480,9 +453,7 @@ fn load(
         description: device.description.clone(),
         fell_back: device.fell_back,
     })?;
-    shared.send(Event::Loading {
-        folder: folder.to_path_buf(),
-    })?;
+    shared.send(Event::Loading { folder: folder.to_path_buf() })?;
 
     // Free the old model's memory before loading the next one.
     state.pipeline = None;
@@ -494,7 +465,12 @@ fn load(
             let _ = shared.offer(Event::LoadProgress { stage: stage.to_string(), done });
         }
     };
-    match Pipeline::load_with_progress(folder, &device.device, crate::pipeline::Precision::Auto, &mut report) {
+    match Pipeline::load_with_progress(
+        folder,
+        &device.device,
+        crate::pipeline::Precision::Auto,
+        &mut report,
+    ) {
         Ok(pipeline) => {
             let name = pipeline
                 .weights_file
@@ -511,10 +487,8 @@ fn load(
             state.pipeline = Some(pipeline);
             shared.send(Event::Loaded(Box::new(info)))
         }
-        Err(error) => shared.send(Event::LoadFailed {
-            folder: folder.to_path_buf(),
-            message: error.to_string(),
-        }),
+        Err(error) => shared
+            .send(Event::LoadFailed { folder: folder.to_path_buf(), message: error.to_string() }),
     }
 }
 
@@ -528,25 +502,13 @@ fn generate_one(
 ) -> Result<bool, Disconnected> {
     let config = pipeline.config();
     let plan = plan(config, request.guidance.is_on());
-    shared.send(Event::Started {
-        id,
-        index,
-        seed: request.seed,
-        plan: plan.clone(),
-    })?;
-    log::debug!(
-        "Job {id} image {index}: seed {}, {:?}",
-        request.seed,
-        request.sampler
-    );
+    shared.send(Event::Started { id, index, seed: request.seed, plan: plan.clone() })?;
+    log::debug!("Job {id} image {index}: seed {}, {:?}", request.seed, request.sampler);
 
     let noise = pipeline.noise(request.seed);
     let noise_stage = stage(pipeline, "noise".to_string(), None, noise.clone());
     match &noise_stage {
-        Ok(stage) => shared.send(Event::Stage {
-            id,
-            stage: stage.clone(),
-        })?,
+        Ok(stage) => shared.send(Event::Stage { id, stage: stage.clone() })?,
         Err(error) => {
             shared.send(Event::Failed {
                 id: Some(id),
@@ -631,12 +593,7 @@ fn generate_one(
     let record = GenerationRecord::new(&request, pipeline, elapsed_secs);
     shared.send(Event::Finished {
         id,
-        outcome: Box::new(Outcome {
-            index,
-            request,
-            record,
-            stages,
-        }),
+        outcome: Box::new(Outcome { index, request, record, stages }),
     })?;
     Ok(true)
 }
@@ -686,9 +643,9 @@ pub fn weighted_fraction(plan: &[BlockPlan], progress: &Progress) -> f32 {
         return 0.0;
     }
     let before: f64 = plan.iter().take(progress.order).map(|b| b.cost).sum();
-    let current = plan.get(progress.order).map_or(0.0, |b| {
-        b.cost * progress.done as f64 / progress.tokens.max(1) as f64
-    });
+    let current = plan
+        .get(progress.order)
+        .map_or(0.0, |b| b.cost * progress.done as f64 / progress.tokens.max(1) as f64);
     ((before + current) / total).clamp(0.0, 1.0) as f32
 }
 
@@ -700,23 +657,13 @@ fn stage(
 ) -> Result<Stage, PipelineError> {
     let data = latent_data(&latent);
     let image = pipeline.decode(latent)?;
-    Ok(Stage {
-        name,
-        tokens,
-        image,
-        latent: data.map(Arc::new),
-    })
+    Ok(Stage { name, tokens, image, latent: data.map(Arc::new) })
 }
 
 fn latent_data(latent: &Tensor<4>) -> Option<LatentData> {
     let [_, channels, height, width] = latent.dims();
     let values = latent.clone().try_into_vec_as::<f32>().ok()?;
-    Some(LatentData {
-        channels,
-        height,
-        width,
-        values,
-    })
+    Some(LatentData { channels, height, width, values })
 }
 
 /// Turns sampler callbacks into events and checks the cancel watermark each step.
@@ -749,13 +696,7 @@ impl RunObserver<'_> {
             num_blocks,
             self.plan.get(progress.order).is_some_and(|b| b.flipped),
         );
-        RunStatus {
-            progress,
-            block_name,
-            fraction,
-            elapsed_secs,
-            eta_secs,
-        }
+        RunStatus { progress, block_name, fraction, elapsed_secs, eta_secs }
     }
 }
 
@@ -767,20 +708,11 @@ impl SampleObserver for RunObserver<'_> {
         if self.shared.cancelled(self.id) || self.disconnected {
             return ControlFlow::Break(());
         }
-        let due = self
-            .last_progress
-            .is_none_or(|t| t.elapsed() >= PROGRESS_INTERVAL)
+        let due = self.last_progress.is_none_or(|t| t.elapsed() >= PROGRESS_INTERVAL)
             || progress.done == progress.tokens;
         if due {
             self.last_progress = Some(Instant::now());
-            if self
-                .shared
-                .offer(Event::Progress {
-                    id: self.id,
-                    status,
-                })
-                .is_err()
-            {
+            if self.shared.offer(Event::Progress { id: self.id, status }).is_err() {
                 self.disconnected = true;
                 return ControlFlow::Break(());
             }
@@ -789,9 +721,8 @@ impl SampleObserver for RunObserver<'_> {
     }
 
     fn wants_partial(&mut self, _progress: &Progress) -> bool {
-        let due = self
-            .last_preview
-            .is_none_or(|t| t.elapsed() >= self.shared.options.preview_interval);
+        let due =
+            self.last_preview.is_none_or(|t| t.elapsed() >= self.shared.options.preview_interval);
         due && self.shared.has_room() && !self.shared.cancelled(self.id)
     }
 
@@ -804,15 +735,7 @@ impl SampleObserver for RunObserver<'_> {
             return;
         };
         let status = self.status(*progress);
-        if self
-            .shared
-            .offer(Event::Preview {
-                id: self.id,
-                status,
-                image,
-            })
-            .is_err()
-        {
+        if self.shared.offer(Event::Preview { id: self.id, status, image }).is_err() {
             self.disconnected = true;
         }
     }
@@ -823,10 +746,7 @@ impl SampleObserver for RunObserver<'_> {
         };
         let name = format!("after {}", block_name(block, self.plan.len(), plan.flipped));
         if let Ok(stage) = stage(self.pipeline, name, Some(plan.tokens), latent.clone())
-            && self
-                .shared
-                .send(Event::Stage { id: self.id, stage })
-                .is_err()
+            && self.shared.send(Event::Stage { id: self.id, stage }).is_err()
         {
             self.disconnected = true;
         }
@@ -858,26 +778,14 @@ mod tests {
     #[test]
     fn the_deep_block_dominates_the_weighted_progress() {
         let plan = plan(&config(), true);
-        let progress = Progress {
-            order: 0,
-            block: 2,
-            done: 16,
-            tokens: 16,
-            calls: 16,
-        };
+        let progress = Progress { order: 0, block: 2, done: 16, tokens: 16, calls: 16 };
         let after_deep = weighted_fraction(&plan, &progress);
         // 4 layers at twice the batch against 1 + 1 layers: 8 / 10 of the work.
         assert!(
             (after_deep - 0.8).abs() < 1e-6,
             "the guided deep block is most of the work: {after_deep}"
         );
-        let last = Progress {
-            order: 2,
-            block: 0,
-            done: 16,
-            tokens: 16,
-            calls: 16,
-        };
+        let last = Progress { order: 2, block: 0, done: 16, tokens: 16, calls: 16 };
         assert_eq!(weighted_fraction(&plan, &last), 1.0);
     }
 

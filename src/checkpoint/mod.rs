@@ -71,7 +71,10 @@ pub enum StoredDType {
 
 enum Source {
     /// Byte range in the memory-mapped safetensors file.
-    Safetensors { start: usize, end: usize },
+    Safetensors {
+        start: usize,
+        end: usize,
+    },
     Pytorch(TorchTensor),
 }
 
@@ -93,7 +96,8 @@ impl TensorFile {
     /// Open a `.pth` or `.safetensors` file, telling them apart by their first bytes.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, CheckpointError> {
         let path = path.as_ref().to_path_buf();
-        let file = File::open(&path).map_err(|error| CheckpointError::Open { path: path.clone(), error })?;
+        let file = File::open(&path)
+            .map_err(|error| CheckpointError::Open { path: path.clone(), error })?;
         let len = file
             .metadata()
             .map_err(|error| CheckpointError::Open { path: path.clone(), error })?
@@ -272,9 +276,9 @@ impl TensorFile {
                 })?;
                 std::borrow::Cow::Borrowed(slice)
             }
-            Source::Pytorch(tensor) => std::borrow::Cow::Owned(
-                tensor.read().map_err(|err| self.corrupt(err.to_string()))?,
-            ),
+            Source::Pytorch(tensor) => {
+                std::borrow::Cow::Owned(tensor.read().map_err(|err| self.corrupt(err.to_string()))?)
+            }
         };
         Ok((entry, bytes))
     }
@@ -292,7 +296,9 @@ fn looks_like_html(bytes: &[u8]) -> bool {
         .take(15)
         .map(|b| b.to_ascii_lowercase())
         .collect();
-    start.starts_with(b"<!doctype html") || start.starts_with(b"<html") || start.starts_with(b"<?xml")
+    start.starts_with(b"<!doctype html")
+        || start.starts_with(b"<html")
+        || start.starts_with(b"<?xml")
 }
 
 /// Buffers the official code saves but never uses: `var`, `feat_rope.freqs_cos/sin` and each
@@ -314,10 +320,8 @@ pub struct NamedTensor {
 
 /// Write tensors as a float32 safetensors file with the given keys.
 pub fn write_safetensors(path: &Path, tensors: &[NamedTensor]) -> Result<(), std::io::Error> {
-    let bytes: Vec<Vec<u8>> = tensors
-        .iter()
-        .map(|t| t.values.iter().flat_map(|v| v.to_le_bytes()).collect())
-        .collect();
+    let bytes: Vec<Vec<u8>> =
+        tensors.iter().map(|t| t.values.iter().flat_map(|v| v.to_le_bytes()).collect()).collect();
     let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
         .iter()
         .zip(&bytes)
@@ -343,7 +347,11 @@ pub struct RandomWeights {
 impl RandomWeights {
     pub fn new(seed: u64, proj_out_factor: f32) -> Self {
         use rand::SeedableRng;
-        Self { rng: rand_chacha::ChaCha8Rng::seed_from_u64(seed), proj_out_factor, produced: Vec::new() }
+        Self {
+            rng: rand_chacha::ChaCha8Rng::seed_from_u64(seed),
+            proj_out_factor,
+            produced: Vec::new(),
+        }
     }
 
     fn draw(&mut self, key: &str, shape: &[usize]) -> Vec<f32> {
@@ -390,7 +398,8 @@ impl RandomWeights {
         device: &Device,
     ) -> Tensor<D> {
         let values = self.draw(key, &shape);
-        let drawn = NamedTensor { key: key.to_string(), shape: shape.to_vec(), values: values.clone() };
+        let drawn =
+            NamedTensor { key: key.to_string(), shape: shape.to_vec(), values: values.clone() };
         self.produced.push(drawn);
         Tensor::from_data(TensorData::new(values, shape), device)
     }
@@ -411,12 +420,22 @@ pub struct WeightLoader<'a> {
 
 impl<'a> WeightLoader<'a> {
     pub fn new(file: &'a TensorFile, device: &Device) -> Self {
-        Self { source: LoaderSource::File(file), device: device.clone(), used: BTreeSet::new(), linear_dtype: burn::tensor::DType::F32 }
+        Self {
+            source: LoaderSource::File(file),
+            device: device.clone(),
+            used: BTreeSet::new(),
+            linear_dtype: burn::tensor::DType::F32,
+        }
     }
 
     /// A loader that invents every tensor it is asked for (tiny test and benchmark models).
     pub fn random(weights: &'a mut RandomWeights, device: &Device) -> Self {
-        Self { source: LoaderSource::Random(weights), device: device.clone(), used: BTreeSet::new(), linear_dtype: burn::tensor::DType::F32 }
+        Self {
+            source: LoaderSource::Random(weights),
+            device: device.clone(),
+            used: BTreeSet::new(),
+            linear_dtype: burn::tensor::DType::F32,
+        }
     }
 
     pub fn device(&self) -> &Device {
@@ -455,7 +474,11 @@ impl<'a> WeightLoader<'a> {
             }
             LoaderSource::Random(random) => {
                 let values = random.draw(key, &shape);
-                random.produced.push(NamedTensor { key: key.to_string(), shape: shape.to_vec(), values: values.clone() });
+                random.produced.push(NamedTensor {
+                    key: key.to_string(),
+                    shape: shape.to_vec(),
+                    values: values.clone(),
+                });
                 values
             }
         };
@@ -493,10 +516,10 @@ impl<'a> WeightLoader<'a> {
         epsilon: f64,
     ) -> Result<burn::nn::LayerNorm, CheckpointError> {
         let mut norm = burn::nn::LayerNormConfig::new(dim).with_epsilon(epsilon).init(&self.device);
-        norm.gamma = burn::module::Param::from_tensor(self.tensor(&format!("{prefix}.weight"), [dim])?);
-        norm.beta = Some(burn::module::Param::from_tensor(
-            self.tensor(&format!("{prefix}.bias"), [dim])?,
-        ));
+        norm.gamma =
+            burn::module::Param::from_tensor(self.tensor(&format!("{prefix}.weight"), [dim])?);
+        norm.beta =
+            Some(burn::module::Param::from_tensor(self.tensor(&format!("{prefix}.bias"), [dim])?));
         Ok(norm)
     }
 

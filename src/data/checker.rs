@@ -51,7 +51,9 @@ fn distance(a: [f32; 3], b: [u8; 3]) -> f32 {
 
 /// Read the attributes of a 64 x 64 image.
 pub fn read(image: &RgbImage) -> Reading {
-    let pixel = |i: usize| [image.pixels[3 * i] as f32, image.pixels[3 * i + 1] as f32, image.pixels[3 * i + 2] as f32];
+    let pixel = |i: usize| {
+        [image.pixels[3 * i] as f32, image.pixels[3 * i + 1] as f32, image.pixels[3 * i + 2] as f32]
+    };
     let n = image.width * image.height;
 
     // Background: the background color nearest to the border pixels' mean.
@@ -69,7 +71,8 @@ pub fn read(image: &RgbImage) -> Reading {
     let background = nearest(mean, &BACKGROUNDS);
 
     // Each pixel snaps to the nearest of the background and the shape colors.
-    let mut palette: Vec<Color> = SHAPE_COLORS.iter().copied().filter(|c| *c != background).collect();
+    let mut palette: Vec<Color> =
+        SHAPE_COLORS.iter().copied().filter(|c| *c != background).collect();
     palette.push(background);
     let labels: Vec<Color> = (0..n).map(|i| nearest(pixel(i), &palette)).collect();
 
@@ -93,10 +96,18 @@ pub fn read(image: &RgbImage) -> Reading {
                     stack.push(j);
                 }
             };
-            if x > 0 { visit(i - 1); }
-            if x + 1 < image.width { visit(i + 1); }
-            if y > 0 { visit(i - image.width); }
-            if y + 1 < image.height { visit(i + image.width); }
+            if x > 0 {
+                visit(i - 1);
+            }
+            if x + 1 < image.width {
+                visit(i + 1);
+            }
+            if y > 0 {
+                visit(i - image.width);
+            }
+            if y + 1 < image.height {
+                visit(i + image.width);
+            }
         }
         components.push(members);
     }
@@ -139,7 +150,8 @@ pub fn read(image: &RgbImage) -> Reading {
     let cx = pixels.iter().map(|i| (i % image.width) as f32).sum::<f32>() / pixels.len() as f32;
     let cy = pixels.iter().map(|i| (i / image.width) as f32).sum::<f32>() / pixels.len() as f32;
     let half = IMAGE_SIZE as f32 / 2.0;
-    let near_center = (cx - half).abs() < IMAGE_SIZE as f32 / 8.0 && (cy - half).abs() < IMAGE_SIZE as f32 / 8.0;
+    let near_center =
+        (cx - half).abs() < IMAGE_SIZE as f32 / 8.0 && (cy - half).abs() < IMAGE_SIZE as f32 / 8.0;
     let place = Some(match (near_center, cx < half, cy < half) {
         (true, _, _) => Place::Center,
         (false, true, true) => Place::TopLeft,
@@ -176,6 +188,12 @@ mod tests {
                 wrong.push(format!("{}: read {reading:?}", scene.caption()));
             }
         }
-        assert!(wrong.is_empty(), "{} of {} misread:\n{}", wrong.len(), scenes.len(), wrong.join("\n"));
+        assert!(
+            wrong.is_empty(),
+            "{} of {} misread:\n{}",
+            wrong.len(),
+            scenes.len(),
+            wrong.join("\n")
+        );
     }
 }

@@ -44,9 +44,11 @@ pub enum Place {
 }
 
 pub const SHAPES: [ShapeKind; 3] = [ShapeKind::Circle, ShapeKind::Square, ShapeKind::Triangle];
-pub const SHAPE_COLORS: [Color; 5] = [Color::Red, Color::Green, Color::Blue, Color::Yellow, Color::White];
+pub const SHAPE_COLORS: [Color; 5] =
+    [Color::Red, Color::Green, Color::Blue, Color::Yellow, Color::White];
 pub const BACKGROUNDS: [Color; 4] = [Color::Black, Color::Gray, Color::Blue, Color::White];
-pub const PLACES: [Place; 5] = [Place::TopLeft, Place::TopRight, Place::Center, Place::BottomLeft, Place::BottomRight];
+pub const PLACES: [Place; 5] =
+    [Place::TopLeft, Place::TopRight, Place::Center, Place::BottomLeft, Place::BottomRight];
 
 impl Color {
     pub fn rgb(self) -> [u8; 3] {
@@ -73,7 +75,15 @@ impl Color {
         }
     }
 
-    pub const ALL: [Color; 7] = [Color::Red, Color::Green, Color::Blue, Color::Yellow, Color::White, Color::Black, Color::Gray];
+    pub const ALL: [Color; 7] = [
+        Color::Red,
+        Color::Green,
+        Color::Blue,
+        Color::Yellow,
+        Color::White,
+        Color::Black,
+        Color::Gray,
+    ];
 }
 
 impl ShapeKind {
@@ -164,7 +174,10 @@ impl Scene {
     /// The fixed held-out tenth: chosen by a hash of the caption, so it does not depend on
     /// the order of the lists above.
     pub fn is_held_out(&self) -> bool {
-        let hash = self.caption().bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3));
+        let hash = self
+            .caption()
+            .bytes()
+            .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3));
         hash % 10 == 3
     }
 
@@ -246,7 +259,13 @@ mod tests {
 
     #[test]
     fn captions_read_as_documented() {
-        let scene = Scene { count: 2, color: Color::Red, shape: ShapeKind::Circle, background: Color::Blue, place: Place::TopLeft };
+        let scene = Scene {
+            count: 2,
+            color: Color::Red,
+            shape: ShapeKind::Circle,
+            background: Color::Blue,
+            place: Place::TopLeft,
+        };
         assert_eq!(scene.caption(), "two red circles on a blue background, top left");
     }
 
@@ -264,7 +283,13 @@ mod tests {
 
     #[test]
     fn rendering_is_deterministic_and_draws_the_shapes() {
-        let scene = Scene { count: 3, color: Color::Yellow, shape: ShapeKind::Triangle, background: Color::Black, place: Place::Center };
+        let scene = Scene {
+            count: 3,
+            color: Color::Yellow,
+            shape: ShapeKind::Triangle,
+            background: Color::Black,
+            place: Place::Center,
+        };
         assert_eq!(scene.render(5), scene.render(5));
         let image = scene.render(5);
         let yellow = image.pixels.chunks(3).filter(|p| *p == Color::Yellow.rgb()).count();

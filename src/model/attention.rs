@@ -150,7 +150,11 @@ impl Attention {
                 cache.keys.inplace(|keys| keys.slice_assign(range.clone(), key));
                 cache.values.inplace(|values| values.slice_assign(range, value));
                 cache.len = end;
-                (cache.keys.clone().narrow(2, 0, end), cache.values.clone().narrow(2, 0, end), start)
+                (
+                    cache.keys.clone().narrow(2, 0, end),
+                    cache.values.clone().narrow(2, 0, end),
+                    start,
+                )
             }
             None => (key, value, 0),
         };

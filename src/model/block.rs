@@ -38,10 +38,8 @@ pub struct Trace {
 impl Trace {
     pub fn record<const D: usize>(&mut self, name: impl Into<String>, tensor: &Tensor<D>) {
         let shape = tensor.dims().to_vec();
-        let values = tensor
-            .clone()
-            .try_into_vec_as::<f32>()
-            .expect("a traced tensor reads back as f32");
+        let values =
+            tensor.clone().try_into_vec_as::<f32>().expect("a traced tensor reads back as f32");
         self.tensors.insert(name.into(), (shape, values));
     }
 }
@@ -129,7 +127,12 @@ impl FlowBlock {
 
     /// `proj_in` on latent-space inputs at sequence slots `start ..`, plus learned positions
     /// and the class embedding where the block has them.
-    fn embed_inputs(&self, inputs: Tensor<3>, start: usize, condition: &BlockCondition) -> Tensor<3> {
+    fn embed_inputs(
+        &self,
+        inputs: Tensor<3>,
+        start: usize,
+        condition: &BlockCondition,
+    ) -> Tensor<3> {
         let [_, tokens, _] = inputs.dims();
         let mut hidden = dense(&self.proj_in, inputs); // [batch, tokens, width]
         if let Some(pos_embed) = &self.pos_embed {
@@ -230,7 +233,10 @@ impl FlowBlock {
                     trace.record(format!("{prefix}.layer{index}.x"), &image);
                 }
                 if text_len > 0 {
-                    trace.record(format!("{prefix}.layer{index}.y"), &hidden.clone().narrow(1, 0, text_len));
+                    trace.record(
+                        format!("{prefix}.layer{index}.y"),
+                        &hidden.clone().narrow(1, 0, text_len),
+                    );
                 }
             }
         }
@@ -255,7 +261,8 @@ impl FlowBlock {
             (params.log_scale, params.shift)
         } else {
             let zeros = Tensor::zeros([batch, 1, patch_dim], &device);
-            let shift_right = |t: Tensor<3>| Tensor::cat(vec![zeros.clone(), t.narrow(1, 0, num_tokens - 1)], 1);
+            let shift_right =
+                |t: Tensor<3>| Tensor::cat(vec![zeros.clone(), t.narrow(1, 0, num_tokens - 1)], 1);
             (shift_right(params.log_scale), shift_right(params.shift))
         };
 
@@ -285,7 +292,8 @@ impl FlowBlock {
         let Some(proj_txt) = &self.proj_txt else { return };
         let text_len = text.dims()[1];
         let rows = rope.map(|table| table.rows(0, text_len));
-        let call = AttentionCall { rope: rows.as_ref(), logit_scale: condition.logit_scale.clone() };
+        let call =
+            AttentionCall { rope: rows.as_ref(), logit_scale: condition.logit_scale.clone() };
         let mut hidden = dense(proj_txt, text);
         for (index, layer) in self.layers.iter().enumerate() {
             hidden = layer.forward(hidden, Mask::Causal, &call, Some(cache.layer_mut(index)));
@@ -309,7 +317,8 @@ impl FlowBlock {
         let chunk = inputs.dims()[1];
         let text_len = if self.proj_txt.is_some() { Self::text_len(condition) } else { 0 };
         let rows = rope.map(|table| table.rows(text_len + slot, chunk));
-        let call = AttentionCall { rope: rows.as_ref(), logit_scale: condition.logit_scale.clone() };
+        let call =
+            AttentionCall { rope: rows.as_ref(), logit_scale: condition.logit_scale.clone() };
         let mut hidden = self.embed_inputs(inputs, slot, condition);
         for (index, layer) in self.layers.iter().enumerate() {
             hidden = layer.forward(hidden, Mask::Causal, &call, Some(cache.layer_mut(index)));
@@ -318,8 +327,20 @@ impl FlowBlock {
     }
 
     /// A fresh cache sized for this block's sequence.
-    pub fn new_cache(&self, batch: usize, capacity: usize, device: &burn::tensor::Device) -> BlockCache {
-        BlockCache::new(self.layers.len(), batch, self.spec.heads, capacity, self.spec.head_dim, device)
+    pub fn new_cache(
+        &self,
+        batch: usize,
+        capacity: usize,
+        device: &burn::tensor::Device,
+    ) -> BlockCache {
+        BlockCache::new(
+            self.layers.len(),
+            batch,
+            self.spec.heads,
+            capacity,
+            self.spec.head_dim,
+            device,
+        )
     }
 }
 
@@ -337,7 +358,12 @@ pub struct DenoiserBlock {
 impl DenoiserBlock {
     /// # Shapes
     /// - `tokens`: `[batch, tokens, patch_dim]`, raster order; returns the same shape
-    pub fn forward(&self, tokens: Tensor<3>, text: Option<Tensor<3>>, rope: Option<&RopeTable>) -> Tensor<3> {
+    pub fn forward(
+        &self,
+        tokens: Tensor<3>,
+        text: Option<Tensor<3>>,
+        rope: Option<&RopeTable>,
+    ) -> Tensor<3> {
         let num_tokens = tokens.dims()[1];
         let mut hidden = dense(&self.proj_in, tokens);
         let text_len = match (&self.proj_txt, text) {
@@ -364,7 +390,11 @@ impl DenoiserBlock {
 
 /// One-hot rows `[batch, 1, num_classes + 1]` for STARFlow's class path; `None` is the null
 /// class at the last index.
-pub fn one_hot_labels(labels: &[Option<usize>], num_classes: usize, device: &burn::tensor::Device) -> Tensor<3> {
+pub fn one_hot_labels(
+    labels: &[Option<usize>],
+    num_classes: usize,
+    device: &burn::tensor::Device,
+) -> Tensor<3> {
     let width = num_classes + 1;
     let mut values = vec![0.0f32; labels.len() * width];
     for (row, label) in labels.iter().enumerate() {

@@ -193,7 +193,11 @@ pub enum ConfigError {
     Parse(String),
 }
 
-fn invalid(field: &'static str, value: impl std::fmt::Debug, requirement: impl Into<String>) -> ConfigError {
+fn invalid(
+    field: &'static str,
+    value: impl std::fmt::Debug,
+    requirement: impl Into<String>,
+) -> ConfigError {
     ConfigError::Invalid { field, value: format!("{value:?}"), requirement: requirement.into() }
 }
 
@@ -287,11 +291,7 @@ impl FlowConfig {
     }
 
     pub fn block_width(&self, block: usize) -> usize {
-        if block == self.deep_index() {
-            self.deep_width.unwrap_or(self.width)
-        } else {
-            self.width
-        }
+        if block == self.deep_index() { self.deep_width.unwrap_or(self.width) } else { self.width }
     }
 
     /// Whether the block sequence is reversed in block `block`.
@@ -378,7 +378,9 @@ impl FlowConfig {
         if self.head_dim == 0 || self.head_dim % 2 != 0 {
             return Err(invalid("head_dim", self.head_dim, "it must be a positive even number"));
         }
-        for (field, width) in [("width", self.width), ("deep_width", self.block_width(self.deep_index()))] {
+        for (field, width) in
+            [("width", self.width), ("deep_width", self.block_width(self.deep_index()))]
+        {
             if width == 0 || width % self.head_dim != 0 {
                 return Err(invalid(
                     field,
@@ -389,7 +391,8 @@ impl FlowConfig {
         }
         if self.positions == PositionKind::Rope {
             let slots = self.head_dim / 2;
-            let spatial = if self.rope_has_text_axis() { slots.checked_sub(8) } else { Some(slots) };
+            let spatial =
+                if self.rope_has_text_axis() { slots.checked_sub(8) } else { Some(slots) };
             if !matches!(spatial, Some(s) if s > 0 && s % 2 == 0) {
                 return Err(invalid(
                     "head_dim",
@@ -409,9 +412,14 @@ impl FlowConfig {
                     ));
                 }
             }
-            Conditioning::OneHotClass { num_classes } | Conditioning::ClassEmbedding { num_classes } => {
+            Conditioning::OneHotClass { num_classes }
+            | Conditioning::ClassEmbedding { num_classes } => {
                 if num_classes == 0 {
-                    return Err(invalid("conditioning.num_classes", num_classes, "it must be at least 1"));
+                    return Err(invalid(
+                        "conditioning.num_classes",
+                        num_classes,
+                        "it must be at least 1",
+                    ));
                 }
             }
             Conditioning::None => {}
@@ -426,7 +434,11 @@ impl FlowConfig {
             ));
         }
         if self.learned_denoiser && self.positions != PositionKind::Rope {
-            return Err(invalid("learned_denoiser", true, "the learned denoiser needs RoPE positions"));
+            return Err(invalid(
+                "learned_denoiser",
+                true,
+                "the learned denoiser needs RoPE positions",
+            ));
         }
         if !(self.noise_std >= 0.0) {
             return Err(invalid("noise_std", self.noise_std, "it must be 0 or more"));
@@ -446,7 +458,8 @@ impl FlowConfig {
 
     /// Parse the JSON form of this struct and validate it.
     pub fn from_json(text: &str) -> Result<Self, ConfigError> {
-        let config: Self = serde_json::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        let config: Self =
+            serde_json::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
         config.validate()?;
         Ok(config)
     }
@@ -492,12 +505,9 @@ impl FlowConfig {
                 .map(|v| v.as_u64().map(|v| v as usize))
                 .collect::<Option<Vec<_>>>()
                 .ok_or_else(|| invalid("layers_per_block", items, "it must list whole numbers"))?,
-            Some(value) => vec![
-                value
-                    .as_u64()
-                    .ok_or_else(|| invalid("layers_per_block", value, "it must be a number or a list"))?
-                    as usize,
-            ],
+            Some(value) => vec![value.as_u64().ok_or_else(|| {
+                invalid("layers_per_block", value, "it must be a number or a list")
+            })? as usize],
             None => return Err(invalid("layers_per_block", "missing", "it is required")),
         };
         let layers_per_block = if layers_per_block.len() == 1 {
@@ -551,7 +561,8 @@ impl FlowConfig {
         } else {
             let txt_size = get_usize("txt_size")?.unwrap_or(0);
             let txt_dim = get_usize("txt_dim")?.unwrap_or(0);
-            let seq_order = match kwargs.get("seq_order").and_then(|v| v.as_str()).unwrap_or("R2L") {
+            let seq_order = match kwargs.get("seq_order").and_then(|v| v.as_str()).unwrap_or("R2L")
+            {
                 "L2R" => SeqOrder::L2R,
                 "R2L" => SeqOrder::R2L,
                 other => return Err(invalid("seq_order", other, "it must be \"L2R\" or \"R2L\"")),
@@ -564,11 +575,8 @@ impl FlowConfig {
                      so no such checkpoint exists; use rope: 1",
                 ));
             }
-            let conditioning = if txt_size > 0 && txt_dim > 0 {
-                Conditioning::Text
-            } else {
-                Conditioning::None
-            };
+            let conditioning =
+                if txt_size > 0 && txt_dim > 0 { Conditioning::Text } else { Conditioning::None };
             Self {
                 latent_channels: in_channels,
                 latent_height: img_size,

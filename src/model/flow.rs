@@ -8,7 +8,8 @@ use burn::tensor::{Device, Tensor};
 
 use super::attention::{Attention, Mlp, RmsNorm, TransformerLayer};
 use super::block::{
-    AffineParams, BlockCondition, BlockForward, BlockSpec, DenoiserBlock, FlowBlock, Trace, one_hot_labels,
+    AffineParams, BlockCondition, BlockForward, BlockSpec, DenoiserBlock, FlowBlock, Trace,
+    one_hot_labels,
 };
 use super::config::{Conditioning, FlowConfig, GuidanceRule, PatchOrder, PositionKind};
 use super::guidance::{Guidance, gaussian_rule, linear_rule};
@@ -51,7 +52,9 @@ impl Condition {
     /// This condition followed by `other` along the batch.
     fn concat(&self, other: &Condition) -> Condition {
         match (self, other) {
-            (Condition::Text(a), Condition::Text(b)) => Condition::Text(Tensor::cat(vec![a.clone(), b.clone()], 0)),
+            (Condition::Text(a), Condition::Text(b)) => {
+                Condition::Text(Tensor::cat(vec![a.clone(), b.clone()], 0))
+            }
             (Condition::Labels(a), Condition::Labels(b)) => {
                 Condition::Labels(a.iter().chain(b.iter()).copied().collect())
             }
@@ -85,7 +88,8 @@ impl FlowForward {
     /// `0.5 * sum(z^2) - sum(logdets)`, `[batch]`.
     pub fn nll_sum(&self) -> Tensor<1> {
         let [batch, ..] = self.z.dims();
-        let energy = self.z.clone().square().reshape([batch as i64, -1]).sum_dim(1).squeeze_dim::<1>(1);
+        let energy =
+            self.z.clone().square().reshape([batch as i64, -1]).sum_dim(1).squeeze_dim::<1>(1);
         energy.mul_scalar(0.5) - self.logdet_total()
     }
 
@@ -195,7 +199,13 @@ pub struct Flow {
     pub config: FlowConfig,
 }
 
-fn layer(loader: &mut WeightLoader, prefix: &str, width: usize, head_dim: usize, expansion: usize) -> Result<TransformerLayer, CheckpointError> {
+fn layer(
+    loader: &mut WeightLoader,
+    prefix: &str,
+    width: usize,
+    head_dim: usize,
+    expansion: usize,
+) -> Result<TransformerLayer, CheckpointError> {
     let hidden = width * expansion;
     Ok(TransformerLayer {
         attention: Attention {
@@ -213,7 +223,11 @@ fn layer(loader: &mut WeightLoader, prefix: &str, width: usize, head_dim: usize,
     })
 }
 
-fn rms_norm(loader: &mut WeightLoader, key: &str, width: usize) -> Result<RmsNorm, CheckpointError> {
+fn rms_norm(
+    loader: &mut WeightLoader,
+    key: &str,
+    width: usize,
+) -> Result<RmsNorm, CheckpointError> {
     Ok(RmsNorm { weight: Param::from_tensor(loader.tensor(key, [width])?) })
 }
 
@@ -222,7 +236,11 @@ impl Flow {
     /// config implies must be there with its shape, and nothing else but deprecated buffers.
     ///
     /// The config must have passed [`FlowConfig::validate`].
-    pub fn load(config: &FlowConfig, file: &TensorFile, device: &Device) -> Result<Self, CheckpointError> {
+    pub fn load(
+        config: &FlowConfig,
+        file: &TensorFile,
+        device: &Device,
+    ) -> Result<Self, CheckpointError> {
         Self::build(config, WeightLoader::new(file, device))
     }
 
@@ -241,7 +259,11 @@ impl Flow {
     /// official key names, for tests, benchmarks and as a training start.
     pub fn random(config: &FlowConfig, seed: u64, device: &Device) -> (Self, Vec<NamedTensor>) {
         // Without the soft clip an exp scale amplifies freely: use the golden alt config's factor.
-        let factor = if config.soft_clip > 0.0 { RANDOM_PROJ_OUT_FACTOR } else { RANDOM_PROJ_OUT_FACTOR_UNCLIPPED };
+        let factor = if config.soft_clip > 0.0 {
+            RANDOM_PROJ_OUT_FACTOR
+        } else {
+            RANDOM_PROJ_OUT_FACTOR_UNCLIPPED
+        };
         let mut weights = RandomWeights::new(seed, factor);
         let flow = Self::build(config, WeightLoader::random(&mut weights, device))
             .expect("a random source has every tensor");
@@ -278,7 +300,15 @@ impl Flow {
                 _ => None,
             };
             let layers = (0..num_layers)
-                .map(|l| layer(&mut loader, &format!("{p}.attn_blocks.{l}"), width, config.head_dim, config.mlp_expansion))
+                .map(|l| {
+                    layer(
+                        &mut loader,
+                        &format!("{p}.attn_blocks.{l}"),
+                        width,
+                        config.head_dim,
+                        config.mlp_expansion,
+                    )
+                })
                 .collect::<Result<Vec<_>, _>>()?;
             let final_norm = if config.final_norm {
                 Some(rms_norm(&mut loader, &format!("{p}.final_norm.weight"), width)?)
@@ -318,7 +348,15 @@ impl Flow {
                 _ => None,
             };
             let layers = (0..DENOISER_LAYERS)
-                .map(|l| layer(&mut loader, &format!("{p}.attn_blocks.{l}"), width, config.head_dim, config.mlp_expansion))
+                .map(|l| {
+                    layer(
+                        &mut loader,
+                        &format!("{p}.attn_blocks.{l}"),
+                        width,
+                        config.head_dim,
+                        config.mlp_expansion,
+                    )
+                })
                 .collect::<Result<Vec<_>, _>>()?;
             let final_norm = if config.final_norm {
                 Some(rms_norm(&mut loader, &format!("{p}.final_norm.weight"), width)?)
@@ -364,12 +402,12 @@ impl Flow {
         let channels = self.config.latent_channels;
         let (rows, cols) = (height / p, width / p);
         match self.config.patch_order {
-            PatchOrder::PixelMajor => tokens
-                .reshape([batch, rows, cols, p, p, channels])
-                .permute([0, 5, 1, 3, 2, 4]),
-            PatchOrder::ChannelMajor => tokens
-                .reshape([batch, rows, cols, channels, p, p])
-                .permute([0, 3, 1, 4, 2, 5]),
+            PatchOrder::PixelMajor => {
+                tokens.reshape([batch, rows, cols, p, p, channels]).permute([0, 5, 1, 3, 2, 4])
+            }
+            PatchOrder::ChannelMajor => {
+                tokens.reshape([batch, rows, cols, channels, p, p]).permute([0, 3, 1, 4, 2, 5])
+            }
         }
         .reshape([batch, channels, height, width])
     }
@@ -394,9 +432,12 @@ impl Flow {
     }
 
     fn block_condition(&self, block: usize, condition: &Condition) -> BlockCondition {
-        let text = if self.config.block_has_text(block) { self.condition_text(condition) } else { None };
+        let text =
+            if self.config.block_has_text(block) { self.condition_text(condition) } else { None };
         let labels = match (condition, self.config.conditioning) {
-            (Condition::Labels(labels), Conditioning::ClassEmbedding { .. }) => Some(labels.clone()),
+            (Condition::Labels(labels), Conditioning::ClassEmbedding { .. }) => {
+                Some(labels.clone())
+            }
             (_, Conditioning::ClassEmbedding { .. }) => Some(vec![None; condition.batch()]),
             _ => None,
         };
@@ -416,7 +457,12 @@ impl Flow {
     }
 
     /// [`forward`](Self::forward), recording intermediates under the golden files' names.
-    pub fn forward_traced(&self, latent: Tensor<4>, condition: &Condition, mut trace: Option<&mut Trace>) -> FlowForward {
+    pub fn forward_traced(
+        &self,
+        latent: Tensor<4>,
+        condition: &Condition,
+        mut trace: Option<&mut Trace>,
+    ) -> FlowForward {
         let [_, _, height, width] = latent.dims();
         let grid = (height / self.config.patch_size, width / self.config.patch_size);
         let text_len = self.text_len(condition);
@@ -440,8 +486,12 @@ impl Flow {
                     (shape, angles.iter().map(|a| *a as f32).collect()),
                 );
             }
-            let BlockForward { z, logdet, text_out: text } =
-                block.forward(tokens, &self.block_condition(index, condition), rope.as_ref(), trace.as_deref_mut());
+            let BlockForward { z, logdet, text_out: text } = block.forward(
+                tokens,
+                &self.block_condition(index, condition),
+                rope.as_ref(),
+                trace.as_deref_mut(),
+            );
             tokens = z;
             outputs.push(tokens.clone());
             logdets.push(logdet);
@@ -472,7 +522,9 @@ impl Flow {
         let guided_run = guidance.is_on() && self.config.conditioning != Conditioning::None;
         let null = match (guided_run, null) {
             (true, Some(null)) if null.batch() == batch => Some(null),
-            (true, Some(null)) => return Err(SampleError::Batch { noise: batch, condition: null.batch() }),
+            (true, Some(null)) => {
+                return Err(SampleError::Batch { noise: batch, condition: null.batch() });
+            }
             (true, None) => return Err(SampleError::NoNullCondition),
             (false, _) => None,
         };
@@ -497,8 +549,14 @@ impl Flow {
             let (block_condition, text_len) = match &doubled {
                 Some(doubled) if guided => {
                     let mut bc = self.block_condition(index, doubled);
-                    if guidance.rule == GuidanceRule::Linear && guidance.null_attention_temperature != 1.0 {
-                        bc.logit_scale = Some(logit_scales(batch, guidance.null_attention_temperature, &self.device()));
+                    if guidance.rule == GuidanceRule::Linear
+                        && guidance.null_attention_temperature != 1.0
+                    {
+                        bc.logit_scale = Some(logit_scales(
+                            batch,
+                            guidance.null_attention_temperature,
+                            &self.device(),
+                        ));
                     }
                     (bc, self.text_len(doubled))
                 }
@@ -520,9 +578,14 @@ impl Flow {
             let zeta = block.permute(tokens);
             let sampled = match sampler {
                 Sampler::Sequential => run.sequential(zeta, observer)?,
-                Sampler::Jacobi { chunk, threshold, max_iterations } => {
-                    run.jacobi(zeta, chunk, threshold, max_iterations, observer, &mut jacobi_iterations)?
-                }
+                Sampler::Jacobi { chunk, threshold, max_iterations } => run.jacobi(
+                    zeta,
+                    chunk,
+                    threshold,
+                    max_iterations,
+                    observer,
+                    &mut jacobi_iterations,
+                )?,
             };
             tokens = block.permute(sampled);
             let latent = self.unpatchify(tokens.clone(), height, width);
@@ -549,11 +612,19 @@ impl Flow {
     }
 
     /// The learned denoiser's own output `D(x, condition)`, NCHW.
-    pub fn learned_denoiser_raw(&self, latent: Tensor<4>, condition: &Condition) -> Option<Tensor<4>> {
+    pub fn learned_denoiser_raw(
+        &self,
+        latent: Tensor<4>,
+        condition: &Condition,
+    ) -> Option<Tensor<4>> {
         let denoiser = self.denoiser.as_ref()?;
         let [_, _, height, width] = latent.dims();
         let grid = (height / self.config.patch_size, width / self.config.patch_size);
-        let text = if self.config.learned_denoiser_conditional { self.condition_text(condition) } else { None };
+        let text = if self.config.learned_denoiser_conditional {
+            self.condition_text(condition)
+        } else {
+            None
+        };
         let text_len = text.as_ref().map_or(0, |t| t.dims()[1]);
         let rope = rope_table(&self.config, grid, text_len, &self.device());
         let tokens = denoiser.forward(self.patchify(latent), text, Some(&rope));
@@ -568,7 +639,9 @@ pub enum SampleError {
     Batch { noise: usize, condition: usize },
     #[error("guidance is on but no null condition was given")]
     NoNullCondition,
-    #[error("the Jacobi sampler needs a model with a start token (sos); use the sequential sampler")]
+    #[error(
+        "the Jacobi sampler needs a model with a start token (sos); use the sequential sampler"
+    )]
     JacobiNeedsSos,
     #[error("the Jacobi chunk size and iteration count must be at least 1")]
     JacobiSettings,
@@ -582,7 +655,12 @@ pub enum SampleError {
 fn logit_scales(batch: usize, temperature: f32, device: &Device) -> Tensor<4> {
     let mut values = vec![1.0f32; batch];
     values.extend(std::iter::repeat_n(1.0 / temperature, batch));
-    Tensor::<1>::from_data(burn::tensor::TensorData::new(values, [2 * batch]), device).reshape([2 * batch, 1, 1, 1])
+    Tensor::<1>::from_data(burn::tensor::TensorData::new(values, [2 * batch]), device).reshape([
+        2 * batch,
+        1,
+        1,
+        1,
+    ])
 }
 
 /// The inversion of one block.
@@ -611,8 +689,13 @@ impl BlockRun<'_> {
 
     fn cache_and_prefill(&self) -> super::attention::BlockCache {
         let tokens = self.flow.config.tokens_for(self.height, self.width);
-        let text_len = if self.block.proj_txt.is_some() { self.condition.text.as_ref().map_or(0, |t| t.dims()[1]) } else { 0 };
-        let mut cache = self.block.new_cache(self.network_batch(), text_len + tokens, &self.flow.device());
+        let text_len = if self.block.proj_txt.is_some() {
+            self.condition.text.as_ref().map_or(0, |t| t.dims()[1])
+        } else {
+            0
+        };
+        let mut cache =
+            self.block.new_cache(self.network_batch(), text_len + tokens, &self.flow.device());
         if let Some(text) = &self.condition.text
             && self.block.proj_txt.is_some()
         {
@@ -624,7 +707,12 @@ impl BlockRun<'_> {
     /// `(shift, sigma)` per output from the network's params, guided where needed.
     ///
     /// `first_output` is the index of the first output token (for annealing).
-    fn gaussian(&self, params: AffineParams, first_output: usize, steps: usize) -> (Tensor<3>, Tensor<3>) {
+    fn gaussian(
+        &self,
+        params: AffineParams,
+        first_output: usize,
+        steps: usize,
+    ) -> (Tensor<3>, Tensor<3>) {
         let Some(guidance) = self.guidance else {
             let sigma = self.block.sigma(params.log_scale);
             return (params.shift, sigma);
@@ -648,7 +736,8 @@ impl BlockRun<'_> {
                 } else {
                     guidance.weight as f64
                 };
-                let log_scale = linear_rule(half(&params.log_scale, 0), half(&params.log_scale, 1), weight);
+                let log_scale =
+                    linear_rule(half(&params.log_scale, 0), half(&params.log_scale, 1), weight);
                 let shift = linear_rule(half(&params.shift, 0), half(&params.shift, 1), weight);
                 (shift, self.block.sigma(log_scale))
             }
@@ -662,7 +751,8 @@ impl BlockRun<'_> {
         partial: impl FnOnce() -> Tensor<3>,
     ) -> Result<(), Cancelled> {
         if observer.wants_partial(&progress) {
-            let latent = self.flow.unpatchify(self.block.permute(partial()), self.height, self.width);
+            let latent =
+                self.flow.unpatchify(self.block.permute(partial()), self.height, self.width);
             observer.partial(&progress, latent);
         }
         match observer.progress(progress) {
@@ -672,7 +762,11 @@ impl BlockRun<'_> {
     }
 
     /// One token per call. `zeta` is the block's noise side in its own order `[batch, tokens, c]`.
-    fn sequential(&self, zeta: Tensor<3>, observer: &mut dyn SampleObserver) -> Result<Tensor<3>, Cancelled> {
+    fn sequential(
+        &self,
+        zeta: Tensor<3>,
+        observer: &mut dyn SampleObserver,
+    ) -> Result<Tensor<3>, Cancelled> {
         let [_, tokens, patch_dim] = zeta.dims();
         let mut cache = self.cache_and_prefill();
         let sos = self.block.sos.as_ref().map(|s| s.val());
@@ -687,13 +781,20 @@ impl BlockRun<'_> {
                 (Some(sos), 0) => sos.clone().expand([self.network_batch(), 1, patch_dim]),
                 _ => self.to_network(done.last().expect("a previous token exists").clone()),
             };
-            let params = self.block.step(input, step, &self.condition, self.rope.as_ref(), &mut cache);
+            let params =
+                self.block.step(input, step, &self.condition, self.rope.as_ref(), &mut cache);
             let (shift, sigma) = self.gaussian(params, step + 1, steps);
             let output = if sos.is_some() { step } else { step + 1 };
             let token = zeta.clone().narrow(1, output, 1) * sigma + shift; // [batch, 1, patch_dim]
             done.push(token);
 
-            let progress = Progress { order: self.order, block: self.block.spec.index, done: done.len(), tokens, calls: step + 1 };
+            let progress = Progress {
+                order: self.order,
+                block: self.block.spec.index,
+                done: done.len(),
+                tokens,
+                calls: step + 1,
+            };
             self.report(observer, progress, || {
                 let mut parts = done.clone();
                 if done.len() < tokens {
@@ -718,7 +819,8 @@ impl BlockRun<'_> {
     ) -> Result<Tensor<3>, Cancelled> {
         let [_, tokens, patch_dim] = zeta.dims();
         let mut cache = self.cache_and_prefill();
-        let sos = self.block.sos.as_ref().expect("Jacobi is only started for models with sos").val();
+        let sos =
+            self.block.sos.as_ref().expect("Jacobi is only started for models with sos").val();
         let sos = sos.expand([self.batch, 1, patch_dim]);
         // Current estimate of every token, initialised to the noise itself.
         let mut estimate = zeta.clone();
@@ -733,14 +835,22 @@ impl BlockRun<'_> {
                 } else {
                     estimate.clone().narrow(1, start - 1, size)
                 };
-                let params = self.block.step(self.to_network(inputs), start, &self.condition, self.rope.as_ref(), &mut cache);
+                let params = self.block.step(
+                    self.to_network(inputs),
+                    start,
+                    &self.condition,
+                    self.rope.as_ref(),
+                    &mut cache,
+                );
                 calls += 1;
                 let (shift, sigma) = self.gaussian(params, start + 1, tokens);
                 let updated = shift + sigma * zeta.clone().narrow(1, start, size);
                 let previous = estimate.clone().narrow(1, start, size);
-                let change = (updated.clone() - previous).square().mean() / updated.clone().square().mean();
+                let change =
+                    (updated.clone() - previous).square().mean() / updated.clone().square().mean();
                 let change: f32 = change.into_scalar();
-                estimate = estimate.slice_assign([0..self.batch, start..start + size, 0..patch_dim], updated);
+                estimate = estimate
+                    .slice_assign([0..self.batch, start..start + size, 0..patch_dim], updated);
 
                 let last = change < threshold || iteration + 1 == max_iterations;
                 let progress = Progress {

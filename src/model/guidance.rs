@@ -21,7 +21,12 @@ pub struct Guidance {
 
 impl Guidance {
     pub fn off() -> Self {
-        Self { weight: 0.0, rule: GuidanceRule::Gaussian, annealed: false, null_attention_temperature: 1.0 }
+        Self {
+            weight: 0.0,
+            rule: GuidanceRule::Gaussian,
+            annealed: false,
+            null_attention_temperature: 1.0,
+        }
     }
 
     pub fn new(weight: f32, rule: GuidanceRule) -> Self {
@@ -57,7 +62,13 @@ pub fn linear_rule(cond: Tensor<3>, null: Tensor<3>, weight: f64) -> Tensor<3> {
 }
 
 /// The Gaussian rule on plain numbers, for checks by hand. Returns `(mu, sigma)`.
-pub fn gaussian_rule_scalar(mu_c: f64, sigma_c: f64, mu_u: f64, sigma_u: f64, w: f64) -> (f64, f64) {
+pub fn gaussian_rule_scalar(
+    mu_c: f64,
+    sigma_c: f64,
+    mu_u: f64,
+    sigma_u: f64,
+    w: f64,
+) -> (f64, f64) {
     let s = (sigma_c / sigma_u).min(1.0).powi(2);
     let d = 1.0 + w - w * s;
     (((1.0 + w) * mu_c - w * s * mu_u) / d, sigma_c / d.sqrt())

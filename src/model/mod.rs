@@ -11,5 +11,8 @@ pub mod official_yaml;
 pub mod rope;
 
 pub use config::{Conditioning, ConfigError, FlowConfig, GuidanceRule};
-pub use flow::{Cancelled, Condition, Flow, FlowForward, NoObserver, Progress, SampleError, SampleObserver, SampleOutput, Sampler};
+pub use flow::{
+    Cancelled, Condition, Flow, FlowForward, NoObserver, Progress, SampleError, SampleObserver,
+    SampleOutput, Sampler,
+};
 pub use guidance::Guidance;

@@ -37,15 +37,24 @@ fn to_json(value: &serde_yaml_ng::Value) -> serde_json::Value {
 
 /// The parser arguments of an official yaml file, in file order.
 pub fn parse_arguments(text: &str) -> Result<BTreeMap<String, serde_json::Value>, ConfigError> {
-    let file: OfficialFile = serde_yaml_ng::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
-    Ok(file.arguments.iter().flat_map(|map| map.iter().map(|(k, v)| (k.clone(), to_json(v)))).collect())
+    let file: OfficialFile =
+        serde_yaml_ng::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+    Ok(file
+        .arguments
+        .iter()
+        .flat_map(|map| map.iter().map(|(k, v)| (k.clone(), to_json(v))))
+        .collect())
 }
 
 impl FlowConfig {
     /// Build the flow config from an official yaml. `vae_downsample` is the autoencoder's
     /// spatial factor (8 for SD-VAE) and `text_dim` the text encoder's width (2048 for
     /// flan-t5-xl); the released file names get the preset's guidance defaults.
-    pub fn from_official_yaml(text: &str, vae_downsample: usize, text_dim: usize) -> Result<Self, ConfigError> {
+    pub fn from_official_yaml(
+        text: &str,
+        vae_downsample: usize,
+        text_dim: usize,
+    ) -> Result<Self, ConfigError> {
         let args = parse_arguments(text)?;
         let number = |key: &str| args.get(key).and_then(|v| v.as_u64()).map(|v| v as usize);
         let img_size = number("img_size")
@@ -54,7 +63,9 @@ impl FlowConfig {
             return Err(ConfigError::Invalid {
                 field: "img_size",
                 value: img_size.to_string(),
-                requirement: format!("it must be a multiple of the autoencoder's factor {vae_downsample}"),
+                requirement: format!(
+                    "it must be a multiple of the autoencoder's factor {vae_downsample}"
+                ),
             });
         }
         let layers: Vec<serde_json::Value> = match args.get("layers_per_block") {
@@ -64,7 +75,9 @@ impl FlowConfig {
                 .collect::<Result<_, _>>()
                 .map_err(|e| ConfigError::Parse(format!("layers_per_block: {e}")))?,
             Some(serde_json::Value::Number(n)) => vec![serde_json::Value::Number(n.clone())],
-            _ => return Err(ConfigError::Parse("the yaml has no layers_per_block argument".into())),
+            _ => {
+                return Err(ConfigError::Parse("the yaml has no layers_per_block argument".into()));
+            }
         };
 
         let mut kwargs = serde_json::Map::new();
@@ -76,9 +89,22 @@ impl FlowConfig {
             kwargs.insert("txt_dim".into(), text_dim.into());
         }
         for key in [
-            "patch_size", "channels", "top_block_channels", "head_dim", "rope", "sos", "txt_size", "use_softplus",
-            "cond_top_only", "use_final_norm", "soft_clip", "noise_std", "seq_order", "pt_seq_len",
-            "learnable_self_denoiser", "conditional_denoiser",
+            "patch_size",
+            "channels",
+            "top_block_channels",
+            "head_dim",
+            "rope",
+            "sos",
+            "txt_size",
+            "use_softplus",
+            "cond_top_only",
+            "use_final_norm",
+            "soft_clip",
+            "noise_std",
+            "seq_order",
+            "pt_seq_len",
+            "learnable_self_denoiser",
+            "conditional_denoiser",
         ] {
             if let Some(value) = args.get(key) {
                 kwargs.insert(key.into(), value.clone());
@@ -112,8 +138,12 @@ mod tests {
 
     #[test]
     fn bad_yaml_says_what_is_wrong() {
-        let err = FlowConfig::from_official_yaml("arguments:\n- img_size: 250\n- layers_per_block: 2\n", 8, 16)
-            .expect_err("250 is not a multiple of 8");
+        let err = FlowConfig::from_official_yaml(
+            "arguments:\n- img_size: 250\n- layers_per_block: 2\n",
+            8,
+            16,
+        )
+        .expect_err("250 is not a multiple of 8");
         assert!(err.to_string().contains("img_size"), "{err}");
     }
 }

@@ -20,7 +20,10 @@ pub struct RopeTable {
 impl RopeTable {
     /// Rows `start .. start + len`.
     pub fn rows(&self, start: usize, len: usize) -> RopeTable {
-        RopeTable { cos: self.cos.clone().narrow(0, start, len), sin: self.sin.clone().narrow(0, start, len) }
+        RopeTable {
+            cos: self.cos.clone().narrow(0, start, len),
+            sin: self.sin.clone().narrow(0, start, len),
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -36,23 +39,17 @@ impl RopeTable {
 /// `rows x cols` with an optional text prefix of `text_rows` rows placed first.
 ///
 /// Computed in f64 so that the f32 tables are correctly rounded.
-pub fn rope_angles(
-    config: &FlowConfig,
-    grid: (usize, usize),
-    text_rows: usize,
-) -> Vec<f64> {
+pub fn rope_angles(config: &FlowConfig, grid: (usize, usize), text_rows: usize) -> Vec<f64> {
     let head_dim = config.head_dim;
     let slots = head_dim / 2;
     let text_axis = config.rope_has_text_axis();
     let spatial_slots = if text_axis { slots - TEXT_SLOTS } else { slots };
     let per_axis = spatial_slots / 2;
 
-    let spatial_freq: Vec<f64> = (0..per_axis)
-        .map(|k| 1.0 / THETA.powf((2 * k) as f64 / spatial_slots as f64))
-        .collect();
-    let text_freq: Vec<f64> = (0..TEXT_SLOTS)
-        .map(|k| 1.0 / THETA.powf(k as f64 / TEXT_SLOTS as f64))
-        .collect();
+    let spatial_freq: Vec<f64> =
+        (0..per_axis).map(|k| 1.0 / THETA.powf((2 * k) as f64 / spatial_slots as f64)).collect();
+    let text_freq: Vec<f64> =
+        (0..TEXT_SLOTS).map(|k| 1.0 / THETA.powf(k as f64 / TEXT_SLOTS as f64)).collect();
 
     let (grid_rows, grid_cols) = grid;
     let side = config.rope_side() as f64;

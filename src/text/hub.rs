@@ -194,10 +194,8 @@ impl WeightFiles {
     pub fn loader(&self, device: &Device) -> ShardedLoader<'_> {
         let loaders = self.files.iter().map(|file| WeightLoader::new(file, device)).collect();
         // A panic while drawing leaves nothing half-written that matters: keep drawing.
-        let random = self
-            .random
-            .as_ref()
-            .map(|r| r.lock().unwrap_or_else(|poisoned| poisoned.into_inner()));
+        let random =
+            self.random.as_ref().map(|r| r.lock().unwrap_or_else(|poisoned| poisoned.into_inner()));
         ShardedLoader { weights: self, loaders, random, device: device.clone() }
     }
 }

@@ -26,9 +26,7 @@ pub fn training_pairs(seed: u64, tag: &str, step: usize, batch: usize) -> Vec<(S
 /// Which captions of a batch are replaced by the empty prompt (caption dropout).
 pub fn dropped_captions(seed: u64, step: usize, batch: usize, share: f64) -> Vec<bool> {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(step_seed(seed, "caption-dropout", step));
-    (0..batch)
-        .map(|_| rng.random_bool(share.clamp(0.0, 1.0)))
-        .collect()
+    (0..batch).map(|_| rng.random_bool(share.clamp(0.0, 1.0))).collect()
 }
 
 /// RGB images as `[batch, 3, height, width]` in `[-1, 1]`.
@@ -38,19 +36,11 @@ pub fn images_tensor(images: &[&RgbImage], device: &Device) -> Tensor<4> {
     for image in images {
         for channel in 0..3 {
             values.extend(
-                image
-                    .pixels
-                    .iter()
-                    .skip(channel)
-                    .step_by(3)
-                    .map(|&v| v as f32 / 127.5 - 1.0),
+                image.pixels.iter().skip(channel).step_by(3).map(|&v| v as f32 / 127.5 - 1.0),
             );
         }
     }
-    Tensor::from_data(
-        TensorData::new(values, [images.len(), 3, height, width]),
-        device,
-    )
+    Tensor::from_data(TensorData::new(values, [images.len(), 3, height, width]), device)
 }
 
 /// A tensor moved to another device (for example from the plain CPU device to its autodiff

@@ -38,11 +38,7 @@ pub enum EvalError {
     #[error(transparent)]
     Prompt(#[from] TokenizerError),
     #[error("Could not {action}: {error}. (path: {path:?})")]
-    Io {
-        action: &'static str,
-        path: PathBuf,
-        error: std::io::Error,
-    },
+    Io { action: &'static str, path: PathBuf, error: std::io::Error },
     #[error(
         "The model folder has no text encoder or no autoencoder; eval-default needs both. (folder: {path:?})"
     )]
@@ -109,9 +105,7 @@ fn generate(
         sampler: Sampler::Sequential,
         denoise: Denoise::Score,
     };
-    Ok(pipeline
-        .generate(&request, pipeline.noise(seed), &mut NoObserver)?
-        .image)
+    Ok(pipeline.generate(&request, pipeline.noise(seed), &mut NoObserver)?.image)
 }
 
 /// Tile images into rows of [`GRID_COLUMNS`] and write the PNG.
@@ -130,15 +124,7 @@ fn write_grid(path: &Path, images: &[RgbImage]) -> Result<(), EvalError> {
             pixels[start..start + row.len()].copy_from_slice(row);
         }
     }
-    save_png(
-        path,
-        &RgbImage {
-            width,
-            height,
-            pixels,
-        },
-        &[],
-    )?;
+    save_png(path, &RgbImage { width, height, pixels }, &[])?;
     Ok(())
 }
 
@@ -171,10 +157,7 @@ pub fn write_sample_grid(
         let caption = scene.caption();
         for w in [0.0, weight] {
             images.push(generate(&pipeline, &caption, index as u64, w)?);
-            lines.push(format!(
-                "cell {}: guidance {w}: {caption}",
-                images.len() - 1
-            ));
+            lines.push(format!("cell {}: guidance {w}: {caption}", images.len() - 1));
         }
     }
     let grid = model_dir.join("samples.png");
@@ -187,37 +170,25 @@ pub fn write_sample_grid(
 /// moved to flow space, noised with `noise_std` as in training, scored with its caption.
 fn held_out_bits_per_dim(pipeline: &Pipeline) -> Result<f64, EvalError> {
     let (Some(vae), Some(text)) = (&pipeline.vae, &pipeline.text) else {
-        return Err(EvalError::NotTextToImage {
-            path: pipeline.folder.clone(),
-        });
+        return Err(EvalError::NotTextToImage { path: pipeline.folder.clone() });
     };
     let scenes = held_out_scenes();
     let noise_std = pipeline.config().noise_std as f64;
     let mut total = 0.0;
     for (chunk_index, chunk) in scenes.chunks(BPD_BATCH).enumerate() {
-        let rendered: Vec<RgbImage> = chunk
-            .iter()
-            .enumerate()
-            .map(|(i, s)| s.render(i as u64))
-            .collect();
+        let rendered: Vec<RgbImage> =
+            chunk.iter().enumerate().map(|(i, s)| s.render(i as u64)).collect();
         let images = images_tensor(&rendered.iter().collect::<Vec<_>>(), &pipeline.device);
         let latents = vae.to_flow(vae.encode(images).mode());
-        let noise = standard_normal(
-            latents.dims(),
-            BPD_NOISE_SEED + chunk_index as u64,
-            &pipeline.device,
-        );
+        let noise =
+            standard_normal(latents.dims(), BPD_NOISE_SEED + chunk_index as u64, &pipeline.device);
         let noisy = latents + noise.mul_scalar(noise_std);
         let captions: Vec<String> = chunk.iter().map(Scene::caption).collect();
         let prompts: Vec<&str> = captions.iter().map(String::as_str).collect();
         let (vectors, _) = text.encode(&prompts)?;
-        let bpd = pipeline
-            .flow
-            .forward(noisy, &Condition::Text(vectors))
-            .bits_per_dim();
-        let values: Vec<f32> = bpd
-            .try_into_vec_as()
-            .map_err(|err| EvalError::Read(format!("{err:?}")))?;
+        let bpd = pipeline.flow.forward(noisy, &Condition::Text(vectors)).bits_per_dim();
+        let values: Vec<f32> =
+            bpd.try_into_vec_as().map_err(|err| EvalError::Read(format!("{err:?}")))?;
         total += values.iter().map(|&v| v as f64).sum::<f64>();
     }
     Ok(total / scenes.len() as f64)
@@ -251,10 +222,7 @@ pub fn eval_default(
         guided.push(agree(&read(&tilted), scene));
         if index < EVAL_GRID_PROMPTS {
             for (w, image) in [(0.0, plain), (weight, tilted)] {
-                lines.push(format!(
-                    "cell {}: guidance {w}: {caption}",
-                    grid_images.len()
-                ));
+                lines.push(format!("cell {}: guidance {w}: {caption}", grid_images.len()));
                 grid_images.push(image);
             }
         }

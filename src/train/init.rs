@@ -33,10 +33,7 @@ pub struct Initializer {
 
 impl Initializer {
     pub fn new(seed: u64, rule: InitRule) -> Self {
-        Self {
-            rng: rand_chacha::ChaCha8Rng::seed_from_u64(seed),
-            rule,
-        }
+        Self { rng: rand_chacha::ChaCha8Rng::seed_from_u64(seed), rule }
     }
 
     fn normal(&mut self, count: usize, std: f32) -> Vec<f32> {
@@ -49,9 +46,7 @@ impl Initializer {
     }
 
     fn uniform(&mut self, count: usize, bound: f32) -> Vec<f32> {
-        (0..count)
-            .map(|_| self.rng.random_range(-bound..=bound))
-            .collect()
+        (0..count).map(|_| self.rng.random_range(-bound..=bound)).collect()
     }
 
     /// Values for `key` of (stored) `shape`. Call in a fixed key order for reproducibility.
@@ -110,15 +105,9 @@ mod tests {
     #[test]
     fn flow_proj_out_starts_at_zero_and_norms_at_one() {
         let mut init = Initializer::new(1, InitRule::Flow);
+        assert!(init.values("blocks.0.proj_out.weight", &[8, 16]).iter().all(|v| *v == 0.0));
         assert!(
-            init.values("blocks.0.proj_out.weight", &[8, 16])
-                .iter()
-                .all(|v| *v == 0.0)
-        );
-        assert!(
-            init.values("blocks.0.attn_blocks.0.mlp.norm.weight", &[16])
-                .iter()
-                .all(|v| *v == 1.0)
+            init.values("blocks.0.attn_blocks.0.mlp.norm.weight", &[16]).iter().all(|v| *v == 1.0)
         );
         let qkv = init.values("blocks.0.attn_blocks.0.attention.qkv.weight", &[48, 16]);
         assert!(qkv.iter().all(|v| v.abs() <= 0.25) && qkv.iter().any(|v| *v != 0.0));

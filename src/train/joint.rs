@@ -116,10 +116,7 @@ pub fn build_text_flow(
             flow_keys.assign(flow, |key, _| flow_file.read_f32(key).ok())?,
         ),
         None => {
-            let t5_rule = InitRule::T5 {
-                d_model: text_config.d_model,
-                d_kv: text_config.d_kv,
-            };
+            let t5_rule = InitRule::T5 { d_model: text_config.d_model, d_kv: text_config.d_kv };
             let text = initialize(
                 text,
                 &text_keys,
@@ -130,13 +127,7 @@ pub fn build_text_flow(
             (text, initialize(flow, &flow_keys, &flow_drawn, flow_init)?)
         }
     };
-    Ok((
-        TextFlow { text, flow },
-        TextFlowKeys {
-            text: text_keys,
-            flow: flow_keys,
-        },
-    ))
+    Ok((TextFlow { text, flow }, TextFlowKeys { text: text_keys, flow: flow_keys }))
 }
 
 fn initialize<M: Module>(
@@ -146,10 +137,8 @@ fn initialize<M: Module>(
     mut init: Initializer,
 ) -> Result<M, TrainError> {
     // Drawn in the loader's order, so the start does not depend on the module's field order.
-    let mut start: std::collections::HashMap<&str, Vec<f32>> = drawn
-        .iter()
-        .map(|t| (t.key.as_str(), init.values(&t.key, &t.shape)))
-        .collect();
+    let mut start: std::collections::HashMap<&str, Vec<f32>> =
+        drawn.iter().map(|t| (t.key.as_str(), init.values(&t.key, &t.shape))).collect();
     keys.assign(module, |key, _| start.remove(key))
 }
 
@@ -181,19 +170,11 @@ pub fn joint_step(
     settings: JointStep,
     device: &Device,
 ) -> Result<(TextFlow, JointLosses), TrainError> {
-    let JointStep {
-        seed,
-        step,
-        batch,
-        caption_dropout,
-        lr,
-    } = settings;
+    let JointStep { seed, step, batch, caption_dropout, lr } = settings;
     let pairs = training_pairs(seed, "joint-batch", step, batch);
     let vae_device = vae.encoder.conv_in.weight.val().device();
-    let images = images_tensor(
-        &pairs.iter().map(|(_, image)| image).collect::<Vec<_>>(),
-        &vae_device,
-    );
+    let images =
+        images_tensor(&pairs.iter().map(|(_, image)| image).collect::<Vec<_>>(), &vae_device);
 
     let distribution = vae.encode(images);
     let posterior_noise = standard_normal(
@@ -203,11 +184,7 @@ pub fn joint_step(
     );
     let latents = to_device(vae.to_flow(distribution.sample(posterior_noise)), device);
     let noise_std = model.flow.config.noise_std as f64;
-    let augment = standard_normal(
-        latents.dims(),
-        step_seed(seed, "augment-noise", step),
-        device,
-    );
+    let augment = standard_normal(latents.dims(), step_seed(seed, "augment-noise", step), device);
     let noisy = latents + augment.mul_scalar(noise_std);
 
     let dropped = dropped_captions(seed, step, batch, caption_dropout);
@@ -228,10 +205,7 @@ pub fn joint_step(
         bits_per_dim: scalar(forward.bits_per_dim().mean())?,
     };
     if !losses.loss.is_finite() {
-        return Err(TrainError::NonFinite {
-            stage: "text encoder and flow",
-            step,
-        });
+        return Err(TrainError::NonFinite { stage: "text encoder and flow", step });
     }
     let grads = GradientsParams::from_grads(loss.backward(), &model);
     Ok((optim.step(lr, model, grads), losses))

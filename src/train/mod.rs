@@ -97,18 +97,8 @@ impl TrainOptions {
             // Sized from measured step times on 2 shared cores (autoencoder batch 16: 2.2 s,
             // joint batch 32: 1.7 s): about 15 + 40 minutes, inside the 90-minute budget with
             // room for evaluation. TODO(#4): longer schedules may reach the accuracy target.
-            autoencoder_stage: StageOptions {
-                steps: 400,
-                batch: 16,
-                lr: 1e-3,
-                warmup: 30,
-            },
-            joint_stage: StageOptions {
-                steps: 1400,
-                batch: 32,
-                lr: 5e-4,
-                warmup: 100,
-            },
+            autoencoder_stage: StageOptions { steps: 400, batch: 16, lr: 1e-3, warmup: 30 },
+            joint_stage: StageOptions { steps: 1400, batch: 32, lr: 5e-4, warmup: 100 },
             kl_weight: 1e-4,
             caption_dropout: 0.1,
             grad_clip_norm: 1.0,
@@ -125,18 +115,9 @@ impl TrainOptions {
         joint_steps: usize,
     ) -> Self {
         let mut options = Self::default_model(model_dir, checkpoint_dir);
-        options.autoencoder_stage = StageOptions {
-            steps: autoencoder_steps,
-            batch: 4,
-            lr: 2e-3,
-            warmup: 1,
-        };
-        options.joint_stage = StageOptions {
-            steps: joint_steps,
-            batch: 4,
-            lr: 1e-3,
-            warmup: 1,
-        };
+        options.autoencoder_stage =
+            StageOptions { steps: autoencoder_steps, batch: 4, lr: 2e-3, warmup: 1 };
+        options.joint_stage = StageOptions { steps: joint_steps, batch: 4, lr: 1e-3, warmup: 1 };
         options.checkpoint_every = 2;
         options.grid_prompts = 2;
         options
@@ -158,23 +139,11 @@ pub struct LossPoint {
 #[derive(Debug, Clone, PartialEq)]
 pub enum TrainEvent {
     /// A stage starts (or resumes at `start_step`).
-    Stage {
-        stage: Stage,
-        steps: usize,
-        start_step: usize,
-    },
+    Stage { stage: Stage, steps: usize, start_step: usize },
     /// Step `point.step` (0-based) finished in `step_secs`.
-    Step {
-        point: LossPoint,
-        steps: usize,
-        step_secs: f64,
-    },
+    Step { point: LossPoint, steps: usize, step_secs: f64 },
     /// A snapshot was written after `step` steps.
-    Checkpoint {
-        stage: Stage,
-        step: usize,
-        path: PathBuf,
-    },
+    Checkpoint { stage: Stage, step: usize, path: PathBuf },
     /// Something a user may want to read (measured scale factor, PSNR, files written).
     Note(String),
 }
@@ -204,11 +173,7 @@ pub struct TrainReport {
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
     #[error("Could not {action}: {error}. Check that the folder is writable. (path: {path:?})")]
-    Io {
-        action: &'static str,
-        path: PathBuf,
-        error: std::io::Error,
-    },
+    Io { action: &'static str, path: PathBuf, error: std::io::Error },
     #[error("The tokenizer could not be trained or written: {reason}. (file: {path:?})")]
     Tokenizer { path: PathBuf, reason: String },
     #[error("The training options don't describe a working model: {0}")]
@@ -226,11 +191,7 @@ pub enum TrainError {
         "The optimizer state could not be {action}: {reason}. Delete the checkpoint folder to \
          start afresh. (file: {path:?})"
     )]
-    Optimizer {
-        action: &'static str,
-        path: PathBuf,
-        reason: String,
-    },
+    Optimizer { action: &'static str, path: PathBuf, reason: String },
     #[error(
         "The {stage} loss is not finite at step {step}: training diverged. Lower the learning \
          rate or the clip norm and start afresh."
@@ -244,10 +205,7 @@ pub enum TrainError {
         "A {namespace} parameter of shape {shape:?} was not built by the weight loader, so it has \
          no key to be saved under (a bug in the training code)."
     )]
-    UnnamedParameter {
-        namespace: String,
-        shape: Vec<usize>,
-    },
+    UnnamedParameter { namespace: String, shape: Vec<usize> },
     #[error(
         "The snapshot has no tensor {key:?} ({count} missing); delete the checkpoint folder to start afresh."
     )]

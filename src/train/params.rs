@@ -36,9 +36,7 @@ pub struct ParamKeys {
 
 /// A 64-bit FNV-1a hash: stable across runs and platforms (std's hasher is not).
 pub fn stable_hash(text: &str) -> u64 {
-    text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
-    })
+    text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3))
 }
 
 fn transpose(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
@@ -52,10 +50,7 @@ fn transpose(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
 }
 
 fn read_values<const D: usize>(tensor: &Tensor<D>) -> Vec<f32> {
-    tensor
-        .clone()
-        .try_into_vec_as::<f32>()
-        .expect("a float parameter reads back as f32")
+    tensor.clone().try_into_vec_as::<f32>().expect("a float parameter reads back as f32")
 }
 
 /// Collects every float parameter's id, shape and values.
@@ -67,8 +62,7 @@ struct Collect {
 impl ModuleVisitor for Collect {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
         let value = param.val();
-        self.params
-            .push((param.id, value.dims().to_vec(), read_values(&value)));
+        self.params.push((param.id, value.dims().to_vec(), read_values(&value)));
     }
 }
 
@@ -128,11 +122,7 @@ impl ModuleVisitor for Export<'_> {
         let value = param.val();
         let dims = value.dims();
         let values = read_values(&value);
-        let values = if entry.transposed {
-            transpose(&values, dims[0], dims[1])
-        } else {
-            values
-        };
+        let values = if entry.transposed { transpose(&values, dims[0], dims[1]) } else { values };
         self.tensors.push(NamedTensor {
             key: entry.key.clone(),
             shape: entry.stored_shape.clone(),
@@ -187,11 +177,7 @@ impl ParamKeys {
             ids.insert(*id, new_id);
             entries.insert(
                 new_id,
-                KeyEntry {
-                    key,
-                    stored_shape: drawn[index].shape.clone(),
-                    transposed,
-                },
+                KeyEntry { key, stored_shape: drawn[index].shape.clone(), transposed },
             );
         }
         let module = module.map(&mut Rename { ids: &ids });
@@ -214,27 +200,19 @@ impl ParamKeys {
         module: M,
         values: impl FnMut(&str, &[usize]) -> Option<Vec<f32>>,
     ) -> Result<M, TrainError> {
-        let mut assign = Assign {
-            keys: self,
-            values,
-            missing: Vec::new(),
-        };
+        let mut assign = Assign { keys: self, values, missing: Vec::new() };
         let module = module.map(&mut assign);
         match assign.missing.first() {
             None => Ok(module),
-            Some(key) => Err(TrainError::MissingKey {
-                key: key.clone(),
-                count: assign.missing.len(),
-            }),
+            Some(key) => {
+                Err(TrainError::MissingKey { key: key.clone(), count: assign.missing.len() })
+            }
         }
     }
 
     /// The module's parameters under their keys and stored shapes, sorted by key.
     pub fn export<M: Module>(&self, module: &M) -> Vec<NamedTensor> {
-        let mut export = Export {
-            keys: self,
-            tensors: Vec::new(),
-        };
+        let mut export = Export { keys: self, tensors: Vec::new() };
         module.visit(&mut export);
         export.tensors.sort_by(|a, b| a.key.cmp(&b.key));
         export.tensors

@@ -19,11 +19,7 @@ impl TerminalProgress {
     /// Show `event`; never stops the run.
     pub fn observe(&mut self, event: &TrainEvent) -> ControlFlow<()> {
         match event {
-            TrainEvent::Stage {
-                stage,
-                steps,
-                start_step,
-            } => {
+            TrainEvent::Stage { stage, steps, start_step } => {
                 if let Some(bar) = self.bar.as_mut() {
                     bar.finish_println("");
                 }
@@ -36,14 +32,11 @@ impl TerminalProgress {
                 bar.message(&format!("{name} "));
                 self.bar = Some(bar);
             }
-            TrainEvent::Step {
-                point, step_secs, ..
-            } => {
+            TrainEvent::Step { point, step_secs, .. } => {
                 let text = match point.bits_per_dim {
-                    Some(bpd) => format!(
-                        "loss {:.4} bpd {bpd:.4} ({step_secs:.2} s/step) ",
-                        point.loss
-                    ),
+                    Some(bpd) => {
+                        format!("loss {:.4} bpd {bpd:.4} ({step_secs:.2} s/step) ", point.loss)
+                    }
                     None => format!("mse {:.5} ({step_secs:.2} s/step) ", point.loss),
                 };
                 log::trace!("{:?} step {}: {text}", point.stage, point.step);

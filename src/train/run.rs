@@ -49,11 +49,7 @@ struct RunState {
 }
 
 fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> TrainError + 'a {
-    move |error| TrainError::Io {
-        action,
-        path: path.to_path_buf(),
-        error,
-    }
+    move |error| TrainError::Io { action, path: path.to_path_buf(), error }
 }
 
 /// A fingerprint of everything that decides the result (not where it is written).
@@ -77,37 +73,23 @@ fn write_json(path: &Path, value: &impl Serialize) -> Result<(), TrainError> {
 fn load_state(dir: &Path, fingerprint: &str) -> Result<RunState, TrainError> {
     let path = dir.join(STATE_FILE);
     if !path.is_file() {
-        return Ok(RunState {
-            fingerprint: fingerprint.to_string(),
-            ..RunState::default()
-        });
+        return Ok(RunState { fingerprint: fingerprint.to_string(), ..RunState::default() });
     }
     let text = std::fs::read_to_string(&path).map_err(io("read the run state", &path))?;
-    let state: RunState = serde_json::from_str(&text).map_err(|err| TrainError::State {
-        path: path.clone(),
-        reason: err.to_string(),
-    })?;
+    let state: RunState = serde_json::from_str(&text)
+        .map_err(|err| TrainError::State { path: path.clone(), reason: err.to_string() })?;
     if state.fingerprint != fingerprint {
-        return Err(TrainError::OtherRun {
-            path: dir.to_path_buf(),
-        });
+        return Err(TrainError::OtherRun { path: dir.to_path_buf() });
     }
     Ok(state)
 }
 
 fn check_options(options: &TrainOptions) -> Result<(), TrainError> {
     options.flow.validate()?;
-    options
-        .autoencoder
-        .validate()
-        .map_err(|err| TrainError::Options(err.to_string()))?;
+    options.autoencoder.validate().map_err(|err| TrainError::Options(err.to_string()))?;
     let factor = options.autoencoder.downsample_factor();
     let flow = &options.flow;
-    let latent = (
-        flow.latent_channels,
-        flow.latent_height * factor,
-        flow.latent_width * factor,
-    );
+    let latent = (flow.latent_channels, flow.latent_height * factor, flow.latent_width * factor);
     if latent != (options.autoencoder.latent_channels, IMAGE_SIZE, IMAGE_SIZE) {
         return Err(TrainError::Options(format!(
             "the flow's latent {}x{}x{} times the autoencoder's factor {factor} must be the \
@@ -153,13 +135,11 @@ fn write_snapshot(
         write_safetensors(&path, tensors).map_err(io("write snapshot weights", &path))?;
     }
     let optim_path = partial.join(OPTIMIZER_FILE);
-    optim
-        .save(&optim_path)
-        .map_err(|err| TrainError::Optimizer {
-            action: "saved",
-            path: optim_path.clone(),
-            reason: err.to_string(),
-        })?;
+    optim.save(&optim_path).map_err(|err| TrainError::Optimizer {
+        action: "saved",
+        path: optim_path.clone(),
+        reason: err.to_string(),
+    })?;
     if folder.exists() {
         std::fs::remove_dir_all(&folder).map_err(io("replace a snapshot", &folder))?;
     }
@@ -181,10 +161,7 @@ fn remove_old_snapshot(dir: &Path, old: Option<&str>, new: &str) {
     {
         // A leftover snapshot only wastes space; the state no longer names it.
         if let Err(err) = std::fs::remove_dir_all(dir.join(old)) {
-            log::warn!(
-                "Could not remove the old snapshot {:?}: {err}",
-                dir.join(old)
-            );
+            log::warn!("Could not remove the old snapshot {:?}: {err}", dir.join(old));
         }
     }
 }
@@ -223,17 +200,11 @@ pub fn run_training(
     let mut vae_secs = Vec::new();
     if state.scaling_factor.is_none() {
         let stage = &options.autoencoder_stage;
-        let snapshot = state
-            .autoencoder_snapshot
-            .as_ref()
-            .map(|name| dir.join(name).join(VAE_WEIGHTS));
+        let snapshot =
+            state.autoencoder_snapshot.as_ref().map(|name| dir.join(name).join(VAE_WEIGHTS));
         let resume = snapshot.as_ref().map(TensorFile::open).transpose()?;
-        let (mut vae, keys) = build_autoencoder(
-            &options.autoencoder,
-            options.seed,
-            &train_device,
-            resume.as_ref(),
-        )?;
+        let (mut vae, keys) =
+            build_autoencoder(&options.autoencoder, options.seed, &train_device, resume.as_ref())?;
         let mut optim = AdamWConfig::new().with_weight_decay(0.0).init();
         if let Some(name) = &state.autoencoder_snapshot {
             optim = load_optimizer(optim, &dir.join(name).join(OPTIMIZER_FILE))?;
@@ -287,10 +258,7 @@ pub fn run_training(
                 });
             }
             if stop.is_break() {
-                return Err(TrainError::Stopped {
-                    stage: Stage::Autoencoder,
-                    step: done,
-                });
+                return Err(TrainError::Stopped { stage: Stage::Autoencoder, step: done });
             }
         }
 
@@ -332,13 +300,8 @@ pub fn run_training(
         None => None,
     };
     let resume = resume_files.as_ref().map(|(text, flow)| (text, flow));
-    let (mut model, keys) = build_text_flow(
-        &text_config,
-        &options.flow,
-        options.seed,
-        &train_device,
-        resume,
-    )?;
+    let (mut model, keys) =
+        build_text_flow(&text_config, &options.flow, options.seed, &train_device, resume)?;
     let mut adamw = AdamWConfig::new().with_weight_decay(0.0);
     if options.grad_clip_norm > 0.0 {
         adamw =
@@ -350,11 +313,8 @@ pub fn run_training(
     }
     let start = state.joint_steps_done;
     let mut joint_secs = Vec::new();
-    let _ = progress(&TrainEvent::Stage {
-        stage: Stage::Joint,
-        steps: stage.steps,
-        start_step: start,
-    });
+    let _ =
+        progress(&TrainEvent::Stage { stage: Stage::Joint, steps: stage.steps, start_step: start });
     for step in start..stage.steps {
         let started = Instant::now();
         let lr = learning_rate(stage.lr, step, stage.steps, stage.warmup);
@@ -393,17 +353,11 @@ pub fn run_training(
             state.joint_steps_done = done;
             write_json(&dir.join(STATE_FILE), &state)?;
             remove_old_snapshot(dir, old.as_deref(), &name);
-            let _ = progress(&TrainEvent::Checkpoint {
-                stage: Stage::Joint,
-                step: done,
-                path: folder,
-            });
+            let _ =
+                progress(&TrainEvent::Checkpoint { stage: Stage::Joint, step: done, path: folder });
         }
         if stop.is_break() {
-            return Err(TrainError::Stopped {
-                stage: Stage::Joint,
-                step: done,
-            });
+            return Err(TrainError::Stopped { stage: Stage::Joint, step: done });
         }
     }
 
@@ -436,9 +390,7 @@ pub fn run_training(
         "model written to {out:?}, samples in {sample_grid:?}"
     )));
 
-    let scaling_factor = state
-        .scaling_factor
-        .expect("the autoencoder stage sets the scale factor");
+    let scaling_factor = state.scaling_factor.expect("the autoencoder stage sets the scale factor");
     let counted = TensorFile::open(&flow_path)?.num_elements()
         + TensorFile::open(&text_path)?.num_elements()
         + TensorFile::open(out_vae.join(VAE_WEIGHTS))?.num_elements();

@@ -28,13 +28,8 @@ pub const UNK_TOKEN: &str = "<unk>";
 /// Train the tokenizer on all captions (held-out ones included: they only add no new words,
 /// and a held-out caption must not be `<unk>`-ridden at evaluation) and write it to `path`.
 pub fn train_tokenizer(path: &Path) -> Result<(), TrainError> {
-    let failed = |reason: String| TrainError::Tokenizer {
-        path: path.to_path_buf(),
-        reason,
-    };
-    let special = [PAD_TOKEN, EOS_TOKEN, UNK_TOKEN]
-        .map(|t| AddedToken::from(t, true))
-        .to_vec();
+    let failed = |reason: String| TrainError::Tokenizer { path: path.to_path_buf(), reason };
+    let special = [PAD_TOKEN, EOS_TOKEN, UNK_TOKEN].map(|t| AddedToken::from(t, true)).to_vec();
     let mut trainer = WordLevelTrainer::builder()
         .show_progress(false)
         .special_tokens(special)
@@ -68,11 +63,7 @@ pub fn train_tokenizer(path: &Path) -> Result<(), TrainError> {
     .map_err(|err| failed(err.to_string()))?;
 
     let captions: Vec<String> = Scene::all().iter().map(Scene::caption).collect();
-    tokenizer
-        .train(&mut trainer, captions.iter())
-        .map_err(|err| failed(err.to_string()))?;
-    tokenizer
-        .save(path, true)
-        .map_err(|err| failed(err.to_string()))?;
+    tokenizer.train(&mut trainer, captions.iter()).map_err(|err| failed(err.to_string()))?;
+    tokenizer.save(path, true).map_err(|err| failed(err.to_string()))?;
     Ok(())
 }

@@ -96,17 +96,11 @@ pub fn vae_step(
     device: &Device,
 ) -> Result<(AutoencoderKl, VaeLosses), TrainError> {
     let pairs = training_pairs(seed, "vae-batch", step, batch);
-    let images = images_tensor(
-        &pairs.iter().map(|(_, image)| image).collect::<Vec<_>>(),
-        device,
-    );
+    let images = images_tensor(&pairs.iter().map(|(_, image)| image).collect::<Vec<_>>(), device);
 
     let distribution = vae.encode(images.clone());
-    let noise = standard_normal(
-        distribution.mean.dims(),
-        step_seed(seed, "vae-noise", step),
-        device,
-    );
+    let noise =
+        standard_normal(distribution.mean.dims(), step_seed(seed, "vae-noise", step), device);
     let reconstruction = vae.decode(distribution.sample(noise));
     let mse = (reconstruction - images).square().mean();
     let kl = (distribution.mean.clone().square() + distribution.var()
@@ -116,28 +110,18 @@ pub fn vae_step(
     .mean();
     let loss = mse.clone() + kl.clone().mul_scalar(kl_weight);
 
-    let losses = VaeLosses {
-        reconstruction: scalar(mse)?,
-        kl: scalar(kl)?,
-    };
+    let losses = VaeLosses { reconstruction: scalar(mse)?, kl: scalar(kl)? };
     if !losses.reconstruction.is_finite() || !losses.kl.is_finite() {
-        return Err(TrainError::NonFinite {
-            stage: "autoencoder",
-            step,
-        });
+        return Err(TrainError::NonFinite { stage: "autoencoder", step });
     }
     let grads = GradientsParams::from_grads(loss.backward(), &vae);
     Ok((optim.step(lr, vae, grads), losses))
 }
 
 pub(super) fn scalar(tensor: Tensor<1>) -> Result<f32, TrainError> {
-    let values: Vec<f32> = tensor
-        .try_into_vec_as()
-        .map_err(|err| TrainError::Read(format!("{err:?}")))?;
-    values
-        .first()
-        .copied()
-        .ok_or_else(|| TrainError::Read("an empty loss tensor".to_string()))
+    let values: Vec<f32> =
+        tensor.try_into_vec_as().map_err(|err| TrainError::Read(format!("{err:?}")))?;
+    values.first().copied().ok_or_else(|| TrainError::Read("an empty loss tensor".to_string()))
 }
 
 /// `1 / std` of posterior samples of training images, as SD's 0.18215 was computed, so that
@@ -150,10 +134,8 @@ pub fn measure_scaling_factor(
     let (mut sum, mut sum_sq, mut count) = (0.0f64, 0.0f64, 0usize);
     for chunk in 0..SCALE_IMAGES.div_ceil(MEASURE_BATCH) {
         let pairs = training_pairs(seed, "scale-batch", chunk, MEASURE_BATCH);
-        let images = images_tensor(
-            &pairs.iter().map(|(_, image)| image).collect::<Vec<_>>(),
-            device,
-        );
+        let images =
+            images_tensor(&pairs.iter().map(|(_, image)| image).collect::<Vec<_>>(), device);
         let distribution = vae.encode(images);
         let noise = standard_normal(
             distribution.mean.dims(),
@@ -173,10 +155,7 @@ pub fn measure_scaling_factor(
     let mean = sum / count as f64;
     let std = (sum_sq / count as f64 - mean * mean).max(0.0).sqrt();
     if !(std.is_finite() && std > 0.0) {
-        return Err(TrainError::NonFinite {
-            stage: "autoencoder scale factor",
-            step: 0,
-        });
+        return Err(TrainError::NonFinite { stage: "autoencoder scale factor", step: 0 });
     }
     Ok(1.0 / std)
 }
@@ -195,13 +174,10 @@ pub fn held_out_psnr(vae: &AutoencoderKl, device: &Device) -> Result<f64, TrainE
         let images = images_tensor(&rendered.iter().collect::<Vec<_>>(), device);
         let reconstruction = vae.forward(images.clone()).clamp(-1.0, 1.0);
         // On the 0-1 scale the squared error is a quarter of the [-1, 1] one.
-        let per_image = (reconstruction - images)
-            .square()
-            .reshape([chunk.len() as i64, -1]);
+        let per_image = (reconstruction - images).square().reshape([chunk.len() as i64, -1]);
         let mse = per_image.mean_dim(1).div_scalar(4.0); // [batch, 1]
-        let mse: Vec<f32> = mse
-            .try_into_vec_as()
-            .map_err(|err| TrainError::Read(format!("{err:?}")))?;
+        let mse: Vec<f32> =
+            mse.try_into_vec_as().map_err(|err| TrainError::Read(format!("{err:?}")))?;
         psnrs.extend(mse.iter().map(|&m| -10.0 * (m.max(1e-10) as f64).log10()));
     }
     Ok(psnrs.iter().sum::<f64>() / psnrs.len().max(1) as f64)

@@ -124,15 +124,15 @@ impl GoldenCheck {
     pub fn input<const D: usize>(&self, kind: &str, name: &str, device: &Device) -> Tensor<D> {
         let shape = self.reference_shape(kind, name);
         let values: Vec<f32> = self.reference(kind, name).into_iter().map(|v| v as f32).collect();
-        let dims: [usize; D] = shape.try_into().unwrap_or_else(|s| panic!("{name} has shape {s:?}"));
+        let dims: [usize; D] =
+            shape.try_into().unwrap_or_else(|s| panic!("{name} has shape {s:?}"));
         Tensor::from_data(burn::tensor::TensorData::new(values, dims), device)
     }
 
     fn allowed(&self, kind: &str, name: &str, reference: &[f64]) -> f64 {
         let max_abs_ref = reference.iter().fold(0.0f64, |m, v| m.max(v.abs()));
-        let official_f32_error = self.tolerances[kind]["per_tensor"][name]["max_abs_diff"]
-            .as_f64()
-            .unwrap_or(0.0);
+        let official_f32_error =
+            self.tolerances[kind]["per_tensor"][name]["max_abs_diff"].as_f64().unwrap_or(0.0);
         F32_ERROR_FACTOR * official_f32_error + RELATIVE_FLOOR * max_abs_ref.max(1.0)
     }
 
@@ -174,11 +174,8 @@ impl GoldenCheck {
     /// Print every comparison and panic listing the failures.
     pub fn finish(self) {
         let mut failures = Vec::new();
-        let worst_ratio = self
-            .results
-            .iter()
-            .map(|m| m.max_abs_diff / m.allowed)
-            .fold(0.0f64, f64::max);
+        let worst_ratio =
+            self.results.iter().map(|m| m.max_abs_diff / m.allowed).fold(0.0f64, f64::max);
         for m in &self.results {
             if !m.passed() {
                 failures.push(format!(
@@ -203,7 +200,12 @@ impl GoldenCheck {
             max_diff,
             worst_ratio
         );
-        assert!(!self.results.is_empty(), "{} {}: nothing was compared", self.label, self.config_name());
+        assert!(
+            !self.results.is_empty(),
+            "{} {}: nothing was compared",
+            self.label,
+            self.config_name()
+        );
         assert!(failures.is_empty(), "{} mismatches:\n{}", failures.len(), failures.join("\n"));
     }
 }

@@ -25,8 +25,12 @@ impl TorchDType {
     fn encode(self, values: &[f32]) -> Vec<u8> {
         match self {
             TorchDType::F32 => values.iter().flat_map(|v| v.to_le_bytes()).collect(),
-            TorchDType::F16 => values.iter().flat_map(|v| half::f16::from_f32(*v).to_le_bytes()).collect(),
-            TorchDType::BF16 => values.iter().flat_map(|v| half::bf16::from_f32(*v).to_le_bytes()).collect(),
+            TorchDType::F16 => {
+                values.iter().flat_map(|v| half::f16::from_f32(*v).to_le_bytes()).collect()
+            }
+            TorchDType::BF16 => {
+                values.iter().flat_map(|v| half::bf16::from_f32(*v).to_le_bytes()).collect()
+            }
         }
     }
 }
@@ -154,8 +158,13 @@ fn write_zip(path: &Path, entries: &[(String, Vec<u8>)]) -> std::io::Result<()> 
 }
 
 /// Save `(key, shape, values)` as a `.pth` state dict in `dtype`.
-pub fn write_pth(path: &Path, tensors: &[(String, Vec<usize>, Vec<f32>)], dtype: TorchDType) -> std::io::Result<()> {
-    let meta: Vec<(String, Vec<usize>)> = tensors.iter().map(|(k, s, _)| (k.clone(), s.clone())).collect();
+pub fn write_pth(
+    path: &Path,
+    tensors: &[(String, Vec<usize>, Vec<f32>)],
+    dtype: TorchDType,
+) -> std::io::Result<()> {
+    let meta: Vec<(String, Vec<usize>)> =
+        tensors.iter().map(|(k, s, _)| (k.clone(), s.clone())).collect();
     let mut entries = vec![("archive/data.pkl".to_string(), state_dict_pickle(&meta, dtype))];
     for (index, (_, _, values)) in tensors.iter().enumerate() {
         entries.push((format!("archive/data/{index}"), dtype.encode(values)));

@@ -21,21 +21,13 @@ pub fn columns(channels: usize) -> usize {
 
 /// The largest magnitude, the color scale.
 pub fn value_range(latent: &LatentData) -> f32 {
-    latent
-        .values
-        .iter()
-        .fold(0.0f32, |m, v| m.max(v.abs()))
-        .max(1e-6)
+    latent.values.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-6)
 }
 
 /// The CPU twin of the shader's color map.
 pub fn diverging(t: f32) -> egui::Color32 {
     let (middle, negative, positive) = ([0.87, 0.87, 0.87], [0.23, 0.30, 0.75], [0.71, 0.02, 0.15]);
-    let (end, amount) = if t < 0.0 {
-        (negative, -t)
-    } else {
-        (positive, t)
-    };
+    let (end, amount) = if t < 0.0 { (negative, -t) } else { (positive, t) };
     let mix = |i: usize| {
         ((middle[i] + (end[i] - middle[i]) * amount.clamp(0.0, 1.0)) * 255.0).round() as u8
     };
@@ -50,10 +42,7 @@ pub fn false_color_grid(latent: &LatentData) -> egui::ColorImage {
     let range = value_range(latent);
     let mut pixels = vec![egui::Color32::TRANSPARENT; width * height];
     for channel in 0..latent.channels {
-        let (left, top) = (
-            (channel % columns) * latent.width,
-            (channel / columns) * latent.height,
-        );
+        let (left, top) = ((channel % columns) * latent.width, (channel / columns) * latent.height);
         for y in 0..latent.height {
             for x in 0..latent.width {
                 let value = latent.values[(channel * latent.height + y) * latent.width + x];
@@ -68,10 +57,7 @@ pub fn false_color_grid(latent: &LatentData) -> egui::ColorImage {
 pub fn grid_size(latent: &LatentData, scale_px: f32, pixels_per_point: f32) -> egui::Vec2 {
     let columns = columns(latent.channels);
     let rows = latent.channels.div_ceil(columns);
-    egui::vec2(
-        (latent.width * columns) as f32,
-        (latent.height * rows) as f32,
-    ) * scale_px
+    egui::vec2((latent.width * columns) as f32, (latent.height * rows) as f32) * scale_px
         / pixels_per_point
 }
 
@@ -153,15 +139,11 @@ pub fn install(render_state: &egui_wgpu::RenderState) -> bool {
         multiview_mask: None,
         cache: None,
     });
-    render_state
-        .renderer
-        .write()
-        .callback_resources
-        .insert(ChannelPipeline {
-            pipeline,
-            layout,
-            latents: HashMap::new(),
-        });
+    render_state.renderer.write().callback_resources.insert(ChannelPipeline {
+        pipeline,
+        layout,
+        latents: HashMap::new(),
+    });
     true
 }
 
@@ -216,14 +198,8 @@ impl egui_wgpu::CallbackTrait for ChannelCallback {
             label: Some("latent_channels"),
             layout: &channel_pipeline.layout,
             entries: &[
-                wgpu::BindGroupEntry {
-                    binding: 0,
-                    resource: uniform.as_entire_binding(),
-                },
-                wgpu::BindGroupEntry {
-                    binding: 1,
-                    resource: storage.as_entire_binding(),
-                },
+                wgpu::BindGroupEntry { binding: 0, resource: uniform.as_entire_binding() },
+                wgpu::BindGroupEntry { binding: 1, resource: storage.as_entire_binding() },
             ],
         });
         channel_pipeline.latents.insert(self.key, bind_group);

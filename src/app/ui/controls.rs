@@ -27,7 +27,10 @@ pub fn controls_ui(ui: &mut egui::Ui, app: &mut StudioApp, actions: &mut Vec<Act
                 if let Some(cut) = &tokens.cut {
                     ui.colored_label(
                         ui.visuals().warn_fg_color,
-                        format!("The prompt is too long: {} tokens are cut: \u{201c}{}\u{201d}", cut.tokens, cut.text),
+                        format!(
+                            "The prompt is too long: {} tokens are cut: \u{201c}{}\u{201d}",
+                            cut.tokens, cut.text
+                        ),
                     );
                 }
             }
@@ -43,11 +46,9 @@ pub fn controls_ui(ui: &mut egui::Ui, app: &mut StudioApp, actions: &mut Vec<Act
         }
     }
 
-    ui.checkbox(
-        &mut settings.use_negative_prompt,
-        "Negative prompt (experimental)",
-    )
-    .on_hover_text("Replaces the empty caption of the null branch that guidance compares against.");
+    ui.checkbox(&mut settings.use_negative_prompt, "Negative prompt (experimental)").on_hover_text(
+        "Replaces the empty caption of the null branch that guidance compares against.",
+    );
     if settings.use_negative_prompt {
         let label = ui.label("Negative prompt");
         ui.add(
@@ -64,33 +65,27 @@ pub fn controls_ui(ui: &mut egui::Ui, app: &mut StudioApp, actions: &mut Vec<Act
             Some(class) => format!("class {class}"),
             None => "unconditional".to_string(),
         };
-        egui::ComboBox::from_label("Class")
-            .selected_text(text)
-            .show_ui(ui, |ui| {
-                ui.selectable_value(&mut settings.class, None, "unconditional");
-                for class in 0..classes {
-                    ui.selectable_value(&mut settings.class, Some(class), format!("class {class}"));
-                }
-            });
+        egui::ComboBox::from_label("Class").selected_text(text).show_ui(ui, |ui| {
+            ui.selectable_value(&mut settings.class, None, "unconditional");
+            for class in 0..classes {
+                ui.selectable_value(&mut settings.class, Some(class), format!("class {class}"));
+            }
+        });
     }
 
     let guidable = model.as_ref().is_some_and(|m| m.guidable());
-    let max_guidance = model
-        .as_ref()
-        .map_or(10.0, |m| m.config.max_guidance.max(0.0));
+    let max_guidance = model.as_ref().map_or(10.0, |m| m.config.max_guidance.max(0.0));
     ui.add_enabled_ui(guidable, |ui| {
         let default = model.as_ref().map_or(0.0, |m| m.config.default_guidance);
         ui.add(egui::Slider::new(&mut settings.guidance, 0.0..=max_guidance).text("Guidance"))
             .on_hover_text(format!(
                 "Guidance weight w; 0 is off. The model's default is {default}."
             ));
-        let model_rule = model
-            .as_ref()
-            .map_or(GuidanceRule::Gaussian, |m| m.config.guidance_rule);
+        let model_rule = model.as_ref().map_or(GuidanceRule::Gaussian, |m| m.config.guidance_rule);
         let rule = settings.guidance_rule.unwrap_or(model_rule);
-        egui::ComboBox::from_label("Guidance rule")
-            .selected_text(rule_label(rule))
-            .show_ui(ui, |ui| {
+        egui::ComboBox::from_label("Guidance rule").selected_text(rule_label(rule)).show_ui(
+            ui,
+            |ui| {
                 for option in [GuidanceRule::Gaussian, GuidanceRule::Linear] {
                     let mut text = rule_label(option).to_string();
                     if option == model_rule {
@@ -100,7 +95,8 @@ pub fn controls_ui(ui: &mut egui::Ui, app: &mut StudioApp, actions: &mut Vec<Act
                         settings.guidance_rule = (option != model_rule).then_some(option);
                     }
                 }
-            });
+            },
+        );
     });
     if !guidable && model.is_some() {
         ui.weak("This model is unconditional: guidance does not apply.");
@@ -108,11 +104,7 @@ pub fn controls_ui(ui: &mut egui::Ui, app: &mut StudioApp, actions: &mut Vec<Act
 
     ui.horizontal(|ui| {
         ui.label("Sampler");
-        ui.radio_value(
-            &mut settings.sampler,
-            SamplerKind::Sequential,
-            "Sequential (exact)",
-        );
+        ui.radio_value(&mut settings.sampler, SamplerKind::Sequential, "Sequential (exact)");
         ui.radio_value(&mut settings.sampler, SamplerKind::Jacobi, "Jacobi");
     });
     if settings.sampler == SamplerKind::Jacobi {
@@ -125,17 +117,16 @@ pub fn controls_ui(ui: &mut egui::Ui, app: &mut StudioApp, actions: &mut Vec<Act
 
     ui.horizontal(|ui| {
         let label = ui.label("Seed");
-        ui.add(egui::DragValue::new(&mut settings.seed).speed(1.0))
-            .labelled_by(label.id);
+        ui.add(egui::DragValue::new(&mut settings.seed).speed(1.0)).labelled_by(label.id);
         if ui.button("Random seed").clicked() {
             settings.seed = rand::random::<u64>() >> 11;
         }
     });
 
     let has_learned = model.as_ref().is_some_and(|m| m.config.learned_denoiser);
-    egui::ComboBox::from_label("Denoise")
-        .selected_text(denoise_label(settings.denoise))
-        .show_ui(ui, |ui| {
+    egui::ComboBox::from_label("Denoise").selected_text(denoise_label(settings.denoise)).show_ui(
+        ui,
+        |ui| {
             ui.selectable_value(
                 &mut settings.denoise,
                 Denoise::Score,
@@ -148,12 +139,9 @@ pub fn controls_ui(ui: &mut egui::Ui, app: &mut StudioApp, actions: &mut Vec<Act
                     denoise_label(Denoise::Learned),
                 );
             }
-            ui.selectable_value(
-                &mut settings.denoise,
-                Denoise::None,
-                denoise_label(Denoise::None),
-            );
-        });
+            ui.selectable_value(&mut settings.denoise, Denoise::None, denoise_label(Denoise::None));
+        },
+    );
 
     ui.horizontal(|ui| {
         let label = ui.label("Batch");
@@ -173,11 +161,7 @@ pub fn controls_ui(ui: &mut egui::Ui, app: &mut StudioApp, actions: &mut Vec<Act
         {
             actions.push(Action::Generate);
         }
-        if ui
-            .add_enabled(running, egui::Button::new("Stop"))
-            .on_hover_text("Esc")
-            .clicked()
-        {
+        if ui.add_enabled(running, egui::Button::new("Stop")).on_hover_text("Esc").clicked() {
             actions.push(Action::Cancel);
         }
     });

@@ -11,13 +11,11 @@ pub fn export_bar_ui(ui: &mut egui::Ui, app: &mut StudioApp, actions: &mut Vec<A
     let finished = app.run.as_ref().is_some_and(|r| r.outcome.is_some());
     ui.horizontal(|ui| {
         let before = app.settings.export_format;
-        egui::ComboBox::from_label("Format")
-            .selected_text(before.label())
-            .show_ui(ui, |ui| {
-                for format in ExportFormat::ALL {
-                    ui.selectable_value(&mut app.settings.export_format, format, format.label());
-                }
-            });
+        egui::ComboBox::from_label("Format").selected_text(before.label()).show_ui(ui, |ui| {
+            for format in ExportFormat::ALL {
+                ui.selectable_value(&mut app.settings.export_format, format, format.label());
+            }
+        });
         if app.settings.export_format != before {
             actions.push(Action::FormatChanged);
         }
@@ -38,11 +36,7 @@ pub fn export_bar_ui(ui: &mut egui::Ui, app: &mut StudioApp, actions: &mut Vec<A
             {
                 actions.push(Action::SaveStrip);
             }
-            if ui
-                .button("Copy")
-                .on_hover_text("Copy the image to the clipboard")
-                .clicked()
-            {
+            if ui.button("Copy").on_hover_text("Copy the image to the clipboard").clicked() {
                 actions.push(Action::Copy);
             }
         });
@@ -52,10 +46,7 @@ pub fn export_bar_ui(ui: &mut egui::Ui, app: &mut StudioApp, actions: &mut Vec<A
         let width = (ui.available_width() - 110.0).max(120.0);
         ui.add(egui::TextEdit::singleline(&mut app.export_path).desired_width(width))
             .labelled_by(label.id);
-        if ui
-            .add_enabled(finished, egui::Button::new("Save to path"))
-            .clicked()
-        {
+        if ui.add_enabled(finished, egui::Button::new("Save to path")).clicked() {
             actions.push(Action::SaveToPath);
         }
     });

@@ -29,10 +29,7 @@ pub fn model_bar_ui(ui: &mut egui::Ui, app: &mut StudioApp, actions: &mut Vec<Ac
             actions.push(Action::BrowseModel);
         }
         let folder = app.model_folder_text.trim().to_string();
-        if ui
-            .add_enabled(!loading && !folder.is_empty(), egui::Button::new("Load"))
-            .clicked()
-        {
+        if ui.add_enabled(!loading && !folder.is_empty(), egui::Button::new("Load")).clicked() {
             actions.push(Action::LoadModel(PathBuf::from(folder)));
         }
         egui::ComboBox::from_label("Device")
@@ -43,30 +40,28 @@ pub fn model_bar_ui(ui: &mut egui::Ui, app: &mut StudioApp, actions: &mut Vec<Ac
                 }
             });
     });
-    ui.horizontal(|ui| {
-        match &app.model {
-            ModelState::None => {
-                ui.label("No model loaded");
-            }
-            ModelState::Loading { folder, stage, done } => {
-                ui.spinner();
-                ui.add(egui::ProgressBar::new(*done).desired_width(120.0));
-                ui.label(format!("Loading {}: {stage}…", folder.display()));
-            }
-            ModelState::Ready(info) => {
-                ui.label(format!(
-                    "{} · {}x{} latent, {} channels, {} blocks",
-                    info.name,
-                    info.config.latent_width,
-                    info.config.latent_height,
-                    info.config.latent_channels,
-                    info.config.num_blocks()
-                ));
-            }
-            ModelState::Failed { message, .. } => {
-                ui.colored_label(ui.visuals().error_fg_color, "Model failed to load")
-                    .on_hover_text(message.clone());
-            }
+    ui.horizontal(|ui| match &app.model {
+        ModelState::None => {
+            ui.label("No model loaded");
+        }
+        ModelState::Loading { folder, stage, done } => {
+            ui.spinner();
+            ui.add(egui::ProgressBar::new(*done).desired_width(120.0));
+            ui.label(format!("Loading {}: {stage}…", folder.display()));
+        }
+        ModelState::Ready(info) => {
+            ui.label(format!(
+                "{} · {}x{} latent, {} channels, {} blocks",
+                info.name,
+                info.config.latent_width,
+                info.config.latent_height,
+                info.config.latent_channels,
+                info.config.num_blocks()
+            ));
+        }
+        ModelState::Failed { message, .. } => {
+            ui.colored_label(ui.visuals().error_fg_color, "Model failed to load")
+                .on_hover_text(message.clone());
         }
     });
     if let ModelState::Failed { message, .. } = &app.model {

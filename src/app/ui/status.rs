@@ -7,10 +7,7 @@ use crate::app::app::StudioApp;
 
 pub fn status_ui(ui: &mut egui::Ui, app: &mut StudioApp, actions: &mut Vec<Action>) {
     ui.horizontal(|ui| {
-        ui.label(format!(
-            "Device: {}",
-            app.device.as_deref().unwrap_or("not chosen yet")
-        ));
+        ui.label(format!("Device: {}", app.device.as_deref().unwrap_or("not chosen yet")));
         ui.separator();
         if app.worker_dead && ui.button("Restart worker").clicked() {
             actions.push(Action::RestartWorker);
@@ -23,10 +20,7 @@ pub fn status_ui(ui: &mut egui::Ui, app: &mut StudioApp, actions: &mut Vec<Actio
             }
         }
         ui.with_layout(egui::Layout::right_to_left(egui::Align::Center), |ui| {
-            ui.weak(format!(
-                "UI {:.1} ms/frame",
-                app.frame_stats.last_ui_secs * 1e3
-            ));
+            ui.weak(format!("UI {:.1} ms/frame", app.frame_stats.last_ui_secs * 1e3));
         });
     });
 }

@@ -20,9 +20,7 @@ pub fn viewer_ui(ui: &mut egui::Ui, app: &mut StudioApp) {
         RunState::Running => {
             let (fraction, text) = match &run.status {
                 Some(status) => {
-                    let eta = status
-                        .eta_secs
-                        .map_or(String::new(), |s| format!(" · ETA {s:.1} s"));
+                    let eta = status.eta_secs.map_or(String::new(), |s| format!(" · ETA {s:.1} s"));
                     let text = format!(
                         "{} · {}/{} tokens · {:.0}%{eta}",
                         status.block_name,
@@ -58,31 +56,18 @@ pub fn viewer_ui(ui: &mut egui::Ui, app: &mut StudioApp) {
     }
     ui.horizontal(|ui| {
         let mut index = shown.unwrap_or(count.saturating_sub(1));
-        if ui
-            .add_enabled(count > 0 && index > 0, egui::Button::new("Previous"))
-            .clicked()
-        {
+        if ui.add_enabled(count > 0 && index > 0, egui::Button::new("Previous")).clicked() {
             run.selected = Some(index - 1);
             run.playing_since = None;
         }
         let playing = run.playing_since.is_some();
         if ui
-            .add_enabled(
-                count > 1,
-                egui::Button::new(if playing { "Pause" } else { "Play" }),
-            )
+            .add_enabled(count > 1, egui::Button::new(if playing { "Pause" } else { "Play" }))
             .clicked()
         {
-            run.playing_since = if playing {
-                None
-            } else {
-                Some(std::time::Instant::now())
-            };
+            run.playing_since = if playing { None } else { Some(std::time::Instant::now()) };
         }
-        if ui
-            .add_enabled(count > 0 && index + 1 < count, egui::Button::new("Next"))
-            .clicked()
-        {
+        if ui.add_enabled(count > 0 && index + 1 < count, egui::Button::new("Next")).clicked() {
             run.selected = Some(index + 1);
             run.playing_since = None;
         }
@@ -105,9 +90,7 @@ pub fn viewer_ui(ui: &mut egui::Ui, app: &mut StudioApp) {
     let caption = match run.shown_stage() {
         Some(index) => {
             let stage = &run.stages[index].stage;
-            let tokens = stage
-                .tokens
-                .map_or(String::new(), |t| format!(" · {t} tokens"));
+            let tokens = stage.tokens.map_or(String::new(), |t| format!(" · {t} tokens"));
             format!("Stage {}/{}: {}{tokens}", index + 1, count, stage.name)
         }
         None => match &run.status {
@@ -123,29 +106,17 @@ pub fn viewer_ui(ui: &mut egui::Ui, app: &mut StudioApp) {
     let (texture, latent, key) = match run.shown_stage() {
         Some(index) => {
             let view = &run.stages[index];
-            (
-                Some(view.texture.clone()),
-                view.stage.latent.clone(),
-                view.key,
-            )
+            (Some(view.texture.clone()), view.stage.latent.clone(), view.key)
         }
         None => (run.preview.clone(), None, 0),
     };
     let Some(texture) = texture else { return };
     let available = ui.available_size();
-    let channel_room = if *show_channels && latent.is_some() {
-        0.45
-    } else {
-        1.0
-    };
+    let channel_room = if *show_channels && latent.is_some() { 0.45 } else { 1.0 };
     let ppp = ui.pixels_per_point();
     let [width, height] = texture.size();
-    let scale_px = integer_scale(
-        width,
-        height,
-        available.x * ppp,
-        available.y * channel_room * ppp,
-    );
+    let scale_px =
+        integer_scale(width, height, available.x * ppp, available.y * channel_room * ppp);
     let size = egui::vec2(width as f32, height as f32) * scale_px / ppp;
     ui.add(egui::Image::new((texture.id(), size)).texture_options(egui::TextureOptions::NEAREST));
 
@@ -163,11 +134,10 @@ pub fn viewer_ui(ui: &mut egui::Ui, app: &mut StudioApp) {
         ));
         if channel_shader {
             let (rect, _) = ui.allocate_exact_size(size, egui::Sense::hover());
-            ui.painter()
-                .add(eframe::egui_wgpu::Callback::new_paint_callback(
-                    rect,
-                    ChannelCallback { key, latent },
-                ));
+            ui.painter().add(eframe::egui_wgpu::Callback::new_paint_callback(
+                rect,
+                ChannelCallback { key, latent },
+            ));
         } else if let Some(index) = run.shown_stage() {
             let view = &mut run.stages[index];
             let texture = view.channels_texture.get_or_insert_with(|| {
@@ -186,9 +156,5 @@ pub fn viewer_ui(ui: &mut egui::Ui, app: &mut StudioApp) {
 /// shrink when the image is larger than the room.
 fn integer_scale(width: usize, height: usize, room_w_px: f32, room_h_px: f32) -> f32 {
     let fit = (room_w_px / width.max(1) as f32).min(room_h_px / height.max(1) as f32);
-    if fit >= 1.0 {
-        fit.floor()
-    } else {
-        fit.max(0.05)
-    }
+    if fit >= 1.0 { fit.floor() } else { fit.max(0.05) }
 }
