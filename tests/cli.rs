@@ -5,42 +5,19 @@ use std::path::Path;
 use std::process::Command;
 
 use burn::tensor::Device;
+use starflow_studio::app::fixture::{tiny_config, write_model_folder};
 use starflow_studio::checkpoint::{NamedTensor, write_safetensors};
 use starflow_studio::image_out::read_png;
 use starflow_studio::metadata::GenerationRecord;
-use starflow_studio::model::config::{Conditioning, PositionKind, ScaleKind, SeqOrder};
-use starflow_studio::model::{Flow, FlowConfig, GuidanceRule};
+use starflow_studio::model::FlowConfig;
 
+/// The app fixture's tiny class-conditional pixel flow, non-square (8 x 6).
 fn pixel_config() -> FlowConfig {
-    FlowConfig {
-        latent_channels: 3,
-        latent_height: 8,
-        latent_width: 6,
-        patch_size: 2,
-        width: 48,
-        head_dim: 24,
-        layers_per_block: vec![1, 1, 2],
-        sos: true,
-        scale: ScaleKind::Softplus,
-        soft_clip: 4.0,
-        final_norm: true,
-        positions: PositionKind::Rope,
-        seq_order: SeqOrder::L2R,
-        conditioning: Conditioning::OneHotClass { num_classes: 4 },
-        text_len: 0,
-        text_dim: 0,
-        condition_deep_only: true,
-        guidance_rule: GuidanceRule::Gaussian,
-        default_guidance: 1.0,
-        ..FlowConfig::starflow_3b_t2i_256()
-    }
+    FlowConfig { latent_width: 6, ..tiny_config(8) }
 }
 
 fn model_folder(dir: &Path, config: &FlowConfig) {
-    let (_, tensors) = Flow::random(config, 4, &Device::flex());
-    write_safetensors(&dir.join("tiny.safetensors"), &tensors).expect("writes weights");
-    std::fs::write(dir.join("flow.json"), serde_json::to_string_pretty(config).expect("json"))
-        .expect("writes config");
+    write_model_folder(dir, config, 4).expect("writes the model folder");
 }
 
 fn studio() -> Command {
