@@ -223,6 +223,22 @@ fn layer(
     })
 }
 
+/// The `count` transformer layers `{prefix}.attn_blocks.{l}` of one block.
+fn layers(
+    loader: &mut WeightLoader,
+    prefix: &str,
+    count: usize,
+    width: usize,
+    config: &FlowConfig,
+) -> Result<Vec<TransformerLayer>, CheckpointError> {
+    (0..count)
+        .map(|l| {
+            let key = format!("{prefix}.attn_blocks.{l}");
+            layer(loader, &key, width, config.head_dim, config.mlp_expansion)
+        })
+        .collect()
+}
+
 fn rms_norm(
     loader: &mut WeightLoader,
     key: &str,
@@ -299,17 +315,7 @@ impl Flow {
                 )),
                 _ => None,
             };
-            let layers = (0..num_layers)
-                .map(|l| {
-                    layer(
-                        &mut loader,
-                        &format!("{p}.attn_blocks.{l}"),
-                        width,
-                        config.head_dim,
-                        config.mlp_expansion,
-                    )
-                })
-                .collect::<Result<Vec<_>, _>>()?;
+            let layers = layers(&mut loader, &p, num_layers, width, config)?;
             let final_norm = if config.final_norm {
                 Some(rms_norm(&mut loader, &format!("{p}.final_norm.weight"), width)?)
             } else {
@@ -347,17 +353,7 @@ impl Flow {
                 }
                 _ => None,
             };
-            let layers = (0..DENOISER_LAYERS)
-                .map(|l| {
-                    layer(
-                        &mut loader,
-                        &format!("{p}.attn_blocks.{l}"),
-                        width,
-                        config.head_dim,
-                        config.mlp_expansion,
-                    )
-                })
-                .collect::<Result<Vec<_>, _>>()?;
+            let layers = layers(&mut loader, p, DENOISER_LAYERS, width, config)?;
             let final_norm = if config.final_norm {
                 Some(rms_norm(&mut loader, &format!("{p}.final_norm.weight"), width)?)
             } else {
