@@ -123,6 +123,36 @@ pub struct StudioApp {
     ctx: egui::Context,
 }
 
+impl Run {
+    /// A run that has just started image `index` of job `id`; the Generate press time and
+    /// the first preview's delay carry over from earlier images of the same job.
+    fn starting(
+        id: JobId,
+        index: usize,
+        seed: u64,
+        plan: Vec<BlockPlan>,
+        requested_at: Instant,
+        first_preview_secs: Option<f64>,
+    ) -> Self {
+        Self {
+            id,
+            index,
+            seed,
+            plan,
+            state: RunState::Running,
+            status: None,
+            preview: None,
+            previews_shown: 0,
+            stages: Vec::new(),
+            outcome: None,
+            selected: None,
+            playing_since: None,
+            requested_at,
+            first_preview_secs,
+        }
+    }
+}
+
 impl StudioApp {
     pub fn new(cc: &eframe::CreationContext<'_>, options: AppOptions) -> Self {
         let mut settings: Settings = cc
@@ -213,22 +243,7 @@ impl StudioApp {
         }
         let id = self.worker.generate(request, self.settings.batch_count);
         self.current_job = Some(id);
-        self.run = Some(Run {
-            id,
-            index: 0,
-            seed: self.settings.seed,
-            plan: Vec::new(),
-            state: RunState::Running,
-            status: None,
-            preview: None,
-            previews_shown: 0,
-            stages: Vec::new(),
-            outcome: None,
-            selected: None,
-            playing_since: None,
-            requested_at: Instant::now(),
-            first_preview_secs: None,
-        });
+        self.run = Some(Run::starting(id, 0, self.settings.seed, Vec::new(), Instant::now(), None));
         self.message = None;
     }
 
@@ -330,22 +345,8 @@ impl StudioApp {
                 }
                 let requested_at = self.run.as_ref().map_or_else(Instant::now, |r| r.requested_at);
                 let first_preview_secs = self.run.as_ref().and_then(|r| r.first_preview_secs);
-                self.run = Some(Run {
-                    id,
-                    index,
-                    seed,
-                    plan,
-                    state: RunState::Running,
-                    status: None,
-                    preview: None,
-                    previews_shown: 0,
-                    stages: Vec::new(),
-                    outcome: None,
-                    selected: None,
-                    playing_since: None,
-                    requested_at,
-                    first_preview_secs,
-                });
+                self.run =
+                    Some(Run::starting(id, index, seed, plan, requested_at, first_preview_secs));
             }
             Event::Progress { id, status } => {
                 if let Some(run) = self.run_for(id) {
