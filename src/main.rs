@@ -93,6 +93,18 @@ enum Command {
         checkpoints: PathBuf,
         #[arg(long, default_value_t = 4)]
         seed: u64,
+        /// Autoencoder steps (default: the shipped model's schedule).
+        #[arg(long)]
+        autoencoder_steps: Option<usize>,
+        /// Joint text encoder and flow steps (default: the shipped model's schedule).
+        #[arg(long)]
+        joint_steps: Option<usize>,
+        /// Weight of the autoencoder's KL term (default: the shipped model's).
+        #[arg(long)]
+        kl_weight: Option<f64>,
+        /// Weight of shape pixels in the autoencoder's loss (default: the shipped model's).
+        #[arg(long)]
+        foreground_weight: Option<f64>,
     },
     /// Score the default model on held-out captions with the attribute checker.
     EvalDefault {
@@ -105,6 +117,9 @@ enum Command {
         /// The model folder (default: the embedded model).
         #[arg(long)]
         model: Option<PathBuf>,
+        /// Guidance weight of the guided images (default: the model's default).
+        #[arg(long)]
+        guidance: Option<f32>,
         #[arg(long, value_enum, default_value = "cpu")]
         backend: BackendChoice,
     },
@@ -128,6 +143,7 @@ fn init_logging() {
 }
 
 fn main() -> anyhow::Result<()> {
+    backend::keep_freed_memory();
     init_logging();
     let cli = Cli::parse();
     match cli.command {
@@ -146,20 +162,41 @@ fn main() -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Some(Command::Train { out, checkpoints, seed }) => {
+        Some(Command::Train {
+            out,
+            checkpoints,
+            seed,
+            autoencoder_steps,
+            joint_steps,
+            kl_weight,
+            foreground_weight,
+        }) => {
             let mut options = starflow_studio::train::TrainOptions::default_model(out, checkpoints);
             options.seed = seed;
+            if let Some(steps) = autoencoder_steps {
+                options.autoencoder_stage.steps = steps;
+            }
+            if let Some(steps) = joint_steps {
+                options.joint_stage.steps = steps;
+            }
+            options.kl_weight = kl_weight.unwrap_or(options.kl_weight);
+            options.foreground_weight = foreground_weight.unwrap_or(options.foreground_weight);
             let mut bar = starflow_studio::train::TerminalProgress::new();
             let report =
                 starflow_studio::train::run_training(&options, &mut |event| bar.observe(event))?;
             println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(())
         }
-        Some(Command::EvalDefault { prompts, out, model, backend: choice }) => {
+        Some(Command::EvalDefault { prompts, out, model, guidance, backend: choice }) => {
             let model = model.unwrap_or_else(default_model_dir);
             let selected = backend::select(choice);
-            let report =
-                starflow_studio::train::eval_default(&model, prompts, &out, &selected.device)?;
+            let report = starflow_studio::train::eval_default(
+                &model,
+                prompts,
+                guidance,
+                &out,
+                &selected.device,
+            )?;
             println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(())
         }

@@ -8,13 +8,15 @@ use std::sync::OnceLock;
 
 use burn::tensor::Device;
 use starflow_studio::data::checker::{agree, read};
-use starflow_studio::data::shapes::Scene;
+use starflow_studio::data::shapes::{Scene, held_out_scenes};
 use starflow_studio::model::{Guidance, NoObserver, Sampler};
 use starflow_studio::pipeline::{Denoise, GenerateRequest, Pipeline};
 use starflow_studio::text::PromptTokenizer;
-use starflow_studio::train::joint::{JointStep, build_text_flow, joint_step, tiny_text_config};
+use starflow_studio::train::joint::{
+    JointStep, LatentCache, build_text_flow, joint_step, tiny_text_config,
+};
 use starflow_studio::train::tokenizer::train_tokenizer;
-use starflow_studio::train::vae::{build_autoencoder, tiny_autoencoder_config, vae_step};
+use starflow_studio::train::vae::{VaeStep, build_autoencoder, tiny_autoencoder_config, vae_step};
 use starflow_studio::train::{
     Stage, TrainError, TrainEvent, TrainOptions, TrainReport, eval_default, run_training,
 };
@@ -63,7 +65,15 @@ fn a_few_autoencoder_steps_reduce_the_reconstruction_loss() {
     let mut losses = Vec::new();
     for _ in 0..FIT_STEPS {
         // The same batch (step 0) every time: the loss must fall on it.
-        let (next, loss) = vae_step(vae, &mut optim, 1, 0, 4, 1e-4, 2e-3, &device).expect("steps");
+        let settings = VaeStep {
+            seed: 1,
+            step: 0,
+            batch: 4,
+            kl_weight: 1e-6,
+            foreground_weight: 10.0,
+            lr: 2e-3,
+        };
+        let (next, loss) = vae_step(vae, &mut optim, settings, &device).expect("steps");
         vae = next;
         losses.push(loss.reconstruction);
     }
@@ -85,14 +95,44 @@ fn a_few_joint_steps_reduce_the_flow_loss() {
     let mut optim = burn_optim::AdamWConfig::new().with_weight_decay(0.0).init();
     let mut losses = Vec::new();
     for _ in 0..FIT_STEPS {
-        let settings = JointStep { seed: 1, step: 0, batch: 4, caption_dropout: 0.1, lr: 1e-3 };
-        let (next, loss) =
-            joint_step(model, &mut optim, &vae, &tokenizer, settings, &device).expect("steps");
+        let settings =
+            JointStep { seed: 1, step: 0, batch: 4, caption_dropout: 0.1, lr: 1e-3, jitter: 0 };
+        let (next, loss) = joint_step(model, &mut optim, &vae, None, &tokenizer, settings, &device)
+            .expect("steps");
         model = next;
         losses.push(loss.loss);
     }
     println!("flow loss per step: {losses:?}");
     assert!(losses[FIT_STEPS - 1] < losses[0] - 0.05, "{losses:?}");
+}
+
+#[test]
+fn cached_latents_give_the_same_step_as_encoding_each_batch() {
+    // Only the encoder's batching differs (all 702 scenes in chunks vs this step's 8), which
+    // reorders f32 sums in the matrix products: a few ulps on a loss of order 1.
+    const SAME_LOSS: f32 = 1e-4;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let tokenizer = PromptTokenizer::from_file(tokenizer_in(dir.path()), 16).expect("loads");
+    let device = Device::flex().autodiff();
+    let (vae, _) =
+        build_autoencoder(&tiny_autoencoder_config(), 1, &Device::flex(), None).expect("builds");
+    let cache = LatentCache::build(&vae);
+    let text_config = tiny_text_config(tokenizer.vocab_size());
+    let options = TrainOptions::default_model(PathBuf::new(), PathBuf::new());
+    let settings =
+        JointStep { seed: 3, step: 5, batch: 8, caption_dropout: 0.1, lr: 0.0, jitter: 0 };
+    let mut losses = Vec::new();
+    for cache in [None, Some(&cache)] {
+        let (model, _) =
+            build_text_flow(&text_config, &options.flow, 1, &device, None).expect("builds");
+        let mut optim = burn_optim::AdamWConfig::new().init();
+        let (_, loss) = joint_step(model, &mut optim, &vae, cache, &tokenizer, settings, &device)
+            .expect("steps");
+        losses.push(loss);
+    }
+    println!("encoded {:?}, cached {:?}", losses[0], losses[1]);
+    assert!((losses[0].loss - losses[1].loss).abs() < SAME_LOSS, "{losses:?}");
+    assert!((losses[0].bits_per_dim - losses[1].bits_per_dim).abs() < SAME_LOSS, "{losses:?}");
 }
 
 fn smoke(root: &Path) -> TrainOptions {
@@ -173,7 +213,8 @@ fn the_written_folder_loads_and_generates_a_64_px_image() {
 fn eval_on_a_tiny_trained_folder_writes_the_documented_report() {
     let (_, report) = trained();
     let out = tempfile::tempdir().expect("temp dir");
-    let eval = eval_default(&report.model_dir, 2, out.path(), &Device::flex()).expect("evaluates");
+    let eval =
+        eval_default(&report.model_dir, 2, None, out.path(), &Device::flex()).expect("evaluates");
     let text = std::fs::read_to_string(out.path().join("report.json")).expect("report written");
     let json: serde_json::Value = serde_json::from_str(&text).expect("json");
     for key in ["fully_right", "fully_right_unguided", "attributes", "bits_per_dim"] {
@@ -183,5 +224,11 @@ fn eval_on_a_tiny_trained_folder_writes_the_documented_report() {
         assert!(json["attributes"].get(attribute).is_some(), "no {attribute} accuracy");
     }
     assert!(eval.bits_per_dim.is_finite());
-    assert!(out.path().join("grid.png").is_file() && out.path().join("captions.txt").is_file());
+    let ceiling = &eval.autoencoder_ceiling;
+    assert_eq!(ceiling.images, held_out_scenes().len(), "every held-out scene is round-tripped");
+    assert!((0.0..=1.0).contains(&ceiling.fully_right));
+    assert!(ceiling.attributes.background <= 1.0 && ceiling.attributes.shape >= 0.0);
+    for file in ["grid.png", "captions.txt", "round_trips.png"] {
+        assert!(out.path().join(file).is_file(), "eval-default writes {file}");
+    }
 }

@@ -15,6 +15,9 @@ use crate::image_out::RgbImage;
 pub const IMAGE_SIZE: usize = 64;
 /// Shape size (circle diameter, square side, triangle base) in pixels.
 pub const SHAPE_SIZE: usize = 11;
+/// The most a shape may be moved from its slot: the arrangements leave 4 px between shapes and
+/// 3 px to the region's edge, so one pixel each way keeps shapes apart and the place readable.
+pub const MAX_JITTER: usize = 1;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
 pub enum ShapeKind {
@@ -183,6 +186,12 @@ impl Scene {
 
     /// Draw the image; `seed` jitters the shapes by a pixel.
     pub fn render(&self, seed: u64) -> RgbImage {
+        self.render_jittered(seed, 1)
+    }
+
+    /// Draw the image with each shape moved by up to `jitter` pixels each way (drawn from
+    /// `seed`); 0 draws the one canonical layout of the caption.
+    pub fn render_jittered(&self, seed: u64, jitter: usize) -> RgbImage {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
         let mut pixels = Vec::with_capacity(IMAGE_SIZE * IMAGE_SIZE * 3);
         for _ in 0..IMAGE_SIZE * IMAGE_SIZE {
@@ -197,9 +206,10 @@ impl Scene {
             2 => &[(3, 11), (19, 11)],
             _ => &[(3, 3), (19, 3), (11, 19)],
         };
+        let jitter = jitter.min(MAX_JITTER);
         for &(x, y) in slots {
-            let x = left + x + rng.random_range(0..=2) - 1;
-            let y = top + y + rng.random_range(0..=2) - 1;
+            let x = left + x + rng.random_range(0..=2 * jitter) - jitter;
+            let y = top + y + rng.random_range(0..=2 * jitter) - jitter;
             draw_shape(&mut image, self.shape, x, y, self.color.rgb());
         }
         image
@@ -233,19 +243,33 @@ fn draw_shape(image: &mut RgbImage, shape: ShapeKind, left: usize, top: usize, r
 pub struct TrainingStream {
     rng: rand_chacha::ChaCha8Rng,
     scenes: Vec<Scene>,
+    jitter: usize,
 }
 
 impl TrainingStream {
-    pub fn new(seed: u64) -> Self {
-        let scenes = Scene::all().into_iter().filter(|s| !s.is_held_out()).collect();
-        Self { rng: rand_chacha::ChaCha8Rng::seed_from_u64(seed), scenes }
+    /// Images jittered by up to `jitter` pixels (see [`Scene::render_jittered`]).
+    pub fn new(seed: u64, jitter: usize) -> Self {
+        let scenes = training_scenes();
+        Self { rng: rand_chacha::ChaCha8Rng::seed_from_u64(seed), scenes, jitter }
     }
 
     pub fn next_pair(&mut self) -> (Scene, RgbImage) {
-        let scene = self.scenes[self.rng.random_range(0..self.scenes.len())];
-        let image = scene.render(self.rng.random());
+        let (scene, seed) = self.next_scene();
+        let image = scene.render_jittered(seed, self.jitter);
         (scene, image)
     }
+
+    /// The next scene and the seed its image is drawn from, without drawing it (the same
+    /// draws as [`TrainingStream::next_pair`]).
+    pub fn next_scene(&mut self) -> (Scene, u64) {
+        let scene = self.scenes[self.rng.random_range(0..self.scenes.len())];
+        (scene, self.rng.random())
+    }
+}
+
+/// The training scenes (every combination that is not held out), in a fixed order.
+pub fn training_scenes() -> Vec<Scene> {
+    Scene::all().into_iter().filter(|s| !s.is_held_out()).collect()
 }
 
 /// The held-out scenes, in a fixed order.
@@ -275,7 +299,7 @@ mod tests {
         let held = held_out_scenes();
         let share = held.len() as f64 / all.len() as f64;
         assert!((0.05..0.15).contains(&share), "held-out share {share}");
-        let mut stream = TrainingStream::new(1);
+        let mut stream = TrainingStream::new(1, MAX_JITTER);
         for _ in 0..2000 {
             assert!(!stream.next_pair().0.is_held_out());
         }
@@ -294,5 +318,21 @@ mod tests {
         let image = scene.render(5);
         let yellow = image.pixels.chunks(3).filter(|p| *p == Color::Yellow.rgb()).count();
         assert!(yellow > 3 * 40 && yellow < 3 * 80, "{yellow} yellow pixels for three triangles");
+    }
+
+    #[test]
+    fn jitter_zero_draws_one_layout_and_jitter_moves_shapes() {
+        let scene = Scene {
+            count: 2,
+            color: Color::Red,
+            shape: ShapeKind::Circle,
+            background: Color::Blue,
+            place: Place::TopLeft,
+        };
+        let canonical = scene.render_jittered(0, 0);
+        assert!((1..50).all(|seed| scene.render_jittered(seed, 0) == canonical));
+        let moved = (0..50).filter(|&seed| scene.render_jittered(seed, MAX_JITTER) != canonical);
+        assert!(moved.count() > 40, "jittered renders should mostly differ from the canonical one");
+        assert_eq!(scene.render(9), scene.render_jittered(9, MAX_JITTER));
     }
 }

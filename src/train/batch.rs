@@ -17,10 +17,23 @@ pub fn step_seed(seed: u64, tag: &str, step: usize) -> u64 {
     z ^ (z >> 31)
 }
 
-/// `batch` training pairs for `step` (held-out scenes never appear).
-pub fn training_pairs(seed: u64, tag: &str, step: usize, batch: usize) -> Vec<(Scene, RgbImage)> {
-    let mut stream = TrainingStream::new(step_seed(seed, tag, step));
+/// `batch` training pairs for `step`, shapes jittered by up to `jitter` pixels (held-out
+/// scenes never appear).
+pub fn training_pairs(
+    seed: u64,
+    tag: &str,
+    step: usize,
+    batch: usize,
+    jitter: usize,
+) -> Vec<(Scene, RgbImage)> {
+    let mut stream = TrainingStream::new(step_seed(seed, tag, step), jitter);
     (0..batch).map(|_| stream.next_pair()).collect()
+}
+
+/// The scenes of [`training_pairs`] with the same arguments, without their images.
+pub fn training_scenes_at(seed: u64, tag: &str, step: usize, batch: usize) -> Vec<Scene> {
+    let mut stream = TrainingStream::new(step_seed(seed, tag, step), 0);
+    (0..batch).map(|_| stream.next_scene().0).collect()
 }
 
 /// Which captions of a batch are replaced by the empty prompt (caption dropout).

@@ -2,8 +2,10 @@
 //! guidance and at the model's default guidance, score them with the attribute checker, and
 //! measure the flow's bits per dimension on held-out images.
 //!
-//! The grid PNG has no caption text drawn in (that needs a font renderer); the captions are
-//! in a text file beside it, one line per cell.
+//! The grid PNG has each cell's guidance weight and caption drawn under it (see [`grid`]);
+//! the same lines are in a text file beside it.
+//!
+//! [`grid`]: super::grid
 
 use std::path::{Path, PathBuf};
 
@@ -12,16 +14,17 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::checker::{Agreement, agree, read};
 use crate::data::shapes::{Scene, held_out_scenes};
-use crate::image_out::{ImageError, RgbImage, save_png};
+use crate::image_out::{ImageError, RgbImage, to_rgb8};
 use crate::model::noise::standard_normal;
 use crate::model::{Condition, Guidance, NoObserver, Sampler};
 use crate::pipeline::{Denoise, GenerateRequest, Pipeline, PipelineError};
 use crate::text::TokenizerError;
 
 use super::batch::images_tensor;
+use super::grid::{Cell, write_grid};
 
-/// Cells per row of the grids: four prompts, each unguided then guided.
-const GRID_COLUMNS: usize = 8;
+/// Held-out scenes whose autoencoder round trips are shown (all are scored).
+const ROUND_TRIP_GRID_SCENES: usize = 16;
 /// Prompts shown in the eval grid (all are scored).
 const EVAL_GRID_PROMPTS: usize = 32;
 /// Held-out images per bits-per-dimension batch.
@@ -72,8 +75,22 @@ pub struct EvalReport {
     pub attributes_unguided: AttributeAccuracy,
     /// Held-out bits per dimension of the noisy flow-space latents.
     pub bits_per_dim: f64,
+    /// The checker on autoencoder round trips of held-out images: the most the flow can reach
+    /// through this autoencoder.
+    pub autoencoder_ceiling: Ceiling,
     pub grid: PathBuf,
     pub captions: PathBuf,
+}
+
+/// The checker's scores on reconstructions of real images.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Ceiling {
+    pub images: usize,
+    pub fully_right: f64,
+    pub attributes: AttributeAccuracy,
+    /// Mean posterior standard deviation in flow space (unit-variance latents): noise the
+    /// flow's training data carries on top of `noise_std`, which no flow can remove.
+    pub posterior_std: f64,
 }
 
 fn accuracy(agreements: &[Agreement]) -> (f64, AttributeAccuracy) {
@@ -108,26 +125,6 @@ fn generate(
     Ok(pipeline.generate(&request, pipeline.noise(seed), &mut NoObserver)?.image)
 }
 
-/// Tile images into rows of [`GRID_COLUMNS`] and write the PNG.
-fn write_grid(path: &Path, images: &[RgbImage]) -> Result<(), EvalError> {
-    let (cell_w, cell_h) = images.first().map_or((1, 1), |i| (i.width, i.height));
-    let columns = GRID_COLUMNS.min(images.len().max(1));
-    let rows = images.len().div_ceil(columns).max(1);
-    let (width, height) = (columns * cell_w, rows * cell_h);
-    let mut pixels = vec![0u8; width * height * 3];
-    for (index, image) in images.iter().enumerate() {
-        let (left, top) = ((index % columns) * cell_w, (index / columns) * cell_h);
-        for y in 0..image.height.min(cell_h) {
-            let row =
-                &image.pixels[y * image.width * 3..(y * image.width + image.width.min(cell_w)) * 3];
-            let start = ((top + y) * width + left) * 3;
-            pixels[start..start + row.len()].copy_from_slice(row);
-        }
-    }
-    save_png(path, &RgbImage { width, height, pixels }, &[])?;
-    Ok(())
-}
-
 fn write_text(path: &Path, lines: &[String]) -> Result<(), EvalError> {
     std::fs::write(path, lines.join("\n") + "\n").map_err(|error| EvalError::Io {
         action: "write the captions",
@@ -151,17 +148,18 @@ pub fn write_sample_grid(
 ) -> Result<PathBuf, EvalError> {
     let pipeline = Pipeline::load(model_dir, device)?;
     let weight = pipeline.config().default_guidance;
-    let mut images = Vec::new();
+    let mut cells = Vec::new();
     let mut lines = Vec::new();
     for (index, scene) in eval_scenes(prompts).iter().enumerate() {
         let caption = scene.caption();
         for w in [0.0, weight] {
-            images.push(generate(&pipeline, &caption, index as u64, w)?);
-            lines.push(format!("cell {}: guidance {w}: {caption}", images.len() - 1));
+            let image = generate(&pipeline, &caption, index as u64, w)?;
+            lines.push(format!("cell {}: guidance {w}: {caption}", cells.len()));
+            cells.push(Cell { image, title: format!("w {w}"), caption: caption.clone() });
         }
     }
     let grid = model_dir.join("samples.png");
-    write_grid(&grid, &images)?;
+    write_grid(&grid, &cells)?;
     write_text(&model_dir.join("samples.txt"), &lines)?;
     Ok(grid)
 }
@@ -194,12 +192,55 @@ fn held_out_bits_per_dim(pipeline: &Pipeline) -> Result<f64, EvalError> {
     Ok(total / scenes.len() as f64)
 }
 
+/// The checker on every held-out scene rendered once, encoded (posterior mean) and decoded.
+/// The first [`ROUND_TRIP_GRID_SCENES`] pairs (image, reconstruction) go to `grid_path`.
+fn autoencoder_ceiling(pipeline: &Pipeline, grid_path: &Path) -> Result<Ceiling, EvalError> {
+    let Some(vae) = &pipeline.vae else {
+        return Err(EvalError::NotTextToImage { path: pipeline.folder.clone() });
+    };
+    let scenes = held_out_scenes();
+    let mut agreements = Vec::with_capacity(scenes.len());
+    let mut std_sum = 0.0;
+    let mut cells = Vec::new();
+    for chunk in scenes.chunks(BPD_BATCH) {
+        let rendered: Vec<RgbImage> =
+            chunk.iter().enumerate().map(|(i, s)| s.render(i as u64)).collect();
+        let images = images_tensor(&rendered.iter().collect::<Vec<_>>(), &pipeline.device);
+        let posterior = vae.encode(images);
+        let mut rendered = rendered.into_iter();
+        let std = posterior.std().mul_scalar(vae.scaling_factor()).mean();
+        let std: Vec<f32> =
+            std.try_into_vec_as().map_err(|err| EvalError::Read(format!("{err:?}")))?;
+        std_sum += std[0] as f64 * chunk.len() as f64;
+        let decoded = vae.decode(posterior.mode());
+        for (index, scene) in chunk.iter().enumerate() {
+            let image = to_rgb8(decoded.clone().slice(index..index + 1).squeeze_dim(0))?;
+            agreements.push(agree(&read(&image), scene));
+            let original = rendered.next().expect("one rendered image per scene");
+            if cells.len() < 2 * ROUND_TRIP_GRID_SCENES {
+                let caption = scene.caption();
+                cells.push(Cell {
+                    image: original,
+                    title: "image".into(),
+                    caption: caption.clone(),
+                });
+                cells.push(Cell { image, title: "round trip".into(), caption });
+            }
+        }
+    }
+    let (fully_right, attributes) = accuracy(&agreements);
+    write_grid(grid_path, &cells)?;
+    let posterior_std = std_sum / scenes.len().max(1) as f64;
+    Ok(Ceiling { images: scenes.len(), fully_right, attributes, posterior_std })
+}
+
 /// Generate `prompts` held-out captions with the model in `model_dir`, at guidance 0 and at
-/// its default guidance, score them, and write `report.json`, `grid.png` and `captions.txt`
-/// into `out_dir`.
+/// `guidance` (the model's default when `None`), score them, and write `report.json`,
+/// `grid.png`, `captions.txt` and `round_trips.png` (autoencoder round trips) into `out_dir`.
 pub fn eval_default(
     model_dir: &Path,
     prompts: usize,
+    guidance: Option<f32>,
     out_dir: &Path,
     device: &Device,
 ) -> Result<EvalReport, EvalError> {
@@ -209,9 +250,9 @@ pub fn eval_default(
         error,
     })?;
     let pipeline = Pipeline::load(model_dir, device)?;
-    let weight = pipeline.config().default_guidance;
+    let weight = guidance.unwrap_or(pipeline.config().default_guidance);
     let (mut guided, mut unguided) = (Vec::new(), Vec::new());
-    let mut grid_images = Vec::new();
+    let mut cells = Vec::new();
     let mut lines = Vec::new();
     for (index, scene) in eval_scenes(prompts).iter().enumerate() {
         let caption = scene.caption();
@@ -222,14 +263,14 @@ pub fn eval_default(
         guided.push(agree(&read(&tilted), scene));
         if index < EVAL_GRID_PROMPTS {
             for (w, image) in [(0.0, plain), (weight, tilted)] {
-                lines.push(format!("cell {}: guidance {w}: {caption}", grid_images.len()));
-                grid_images.push(image);
+                lines.push(format!("cell {}: guidance {w}: {caption}", cells.len()));
+                cells.push(Cell { image, title: format!("w {w}"), caption: caption.clone() });
             }
         }
         log::debug!("eval {index}: {caption:?}: guided {:?}", guided.last());
     }
     let grid = out_dir.join("grid.png");
-    write_grid(&grid, &grid_images)?;
+    write_grid(&grid, &cells)?;
     let captions = out_dir.join("captions.txt");
     write_text(&captions, &lines)?;
 
@@ -243,6 +284,7 @@ pub fn eval_default(
         attributes,
         attributes_unguided,
         bits_per_dim: held_out_bits_per_dim(&pipeline)?,
+        autoencoder_ceiling: autoencoder_ceiling(&pipeline, &out_dir.join("round_trips.png"))?,
         grid,
         captions,
     };

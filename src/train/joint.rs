@@ -7,17 +7,23 @@
 //! prompt with probability `caption_dropout` so the null condition is learned for guidance; the
 //! loss is the flow's negative log-likelihood per dimension, logged in bits per dimension.
 
+use std::collections::HashMap;
+
 use burn::module::Module;
-use burn::tensor::Device;
+use burn::tensor::{Device, Int, Tensor, TensorData};
 use burn_optim::{GradientsParams, ModuleOptimizer};
 
 use super::TrainError;
-use super::batch::{dropped_captions, images_tensor, step_seed, to_device, training_pairs};
+use super::batch::{
+    dropped_captions, images_tensor, step_seed, to_device, training_pairs, training_scenes_at,
+};
 use super::init::{InitRule, Initializer};
 use super::params::ParamKeys;
 use super::vae::scalar;
-use crate::autoencoder::AutoencoderKl;
+use crate::autoencoder::{AutoencoderKl, LatentDistribution};
 use crate::checkpoint::{RandomWeights, TensorFile};
+use crate::data::shapes::{Scene, training_scenes};
+use crate::image_out::RgbImage;
 use crate::model::config::{Conditioning, ScaleKind, SeqOrder};
 use crate::model::noise::standard_normal;
 use crate::model::{Condition, Flow, FlowConfig};
@@ -59,16 +65,16 @@ pub fn tiny_text_config(vocab_size: usize) -> T5Config {
     }
 }
 
-/// The default model's flow over the 4 x 16 x 16 latent: patches of 2 x 2 (64 tokens of 16
+/// The default model's flow over the 4 x 32 x 32 latent: patches of 4 x 4 (64 tokens of 64
 /// values), shallow blocks and a deeper last block with the text prefix, and the released
 /// model's flags (start token, softplus scale, soft clip 4, final norm, L2R order, text in
 /// the deep block only, noise 0.3).
 pub fn tiny_flow_config(text_dim: usize) -> FlowConfig {
     FlowConfig {
         latent_channels: 4,
-        latent_height: 16,
-        latent_width: 16,
-        patch_size: 2,
+        latent_height: 32,
+        latent_width: 32,
+        patch_size: 4,
         width: 128,
         deep_width: None,
         head_dim: 32,
@@ -159,24 +165,84 @@ pub struct JointStep {
     pub batch: usize,
     pub caption_dropout: f64,
     pub lr: f64,
+    /// Pixels the shapes of the flow's training images may move (see `TrainOptions`).
+    pub jitter: usize,
+}
+
+/// Images encoded per call while filling a [`LatentCache`].
+const CACHE_BATCH: usize = 64;
+
+/// The autoencoder's posterior of every training scene's one unjittered image, encoded once:
+/// with a flow jitter of 0 the joint stage would otherwise encode the same 702 images again
+/// on every step.
+pub struct LatentCache {
+    rows: HashMap<Scene, i64>,
+    all: LatentDistribution,
+}
+
+impl LatentCache {
+    /// Encodes every training scene with `vae` (on its device).
+    pub fn build(vae: &AutoencoderKl) -> Self {
+        let device = vae.encoder.conv_in.weight.val().device();
+        let scenes = training_scenes();
+        let (mut means, mut logvars) = (Vec::new(), Vec::new());
+        for chunk in scenes.chunks(CACHE_BATCH) {
+            let rendered: Vec<RgbImage> = chunk.iter().map(|s| s.render_jittered(0, 0)).collect();
+            let encoded = vae.encode(images_tensor(&rendered.iter().collect::<Vec<_>>(), &device));
+            means.push(encoded.mean);
+            logvars.push(encoded.logvar);
+        }
+        let rows = scenes.into_iter().zip(0..).collect();
+        let all =
+            LatentDistribution { mean: Tensor::cat(means, 0), logvar: Tensor::cat(logvars, 0) };
+        Self { rows, all }
+    }
+
+    /// The posteriors of `scenes`, in order.
+    fn batch(&self, scenes: &[Scene]) -> LatentDistribution {
+        let rows: Vec<i64> = scenes
+            .iter()
+            .map(|s| *self.rows.get(s).expect("training batches hold only training scenes"))
+            .collect();
+        let rows = Tensor::<1, Int>::from_data(
+            TensorData::new(rows, [scenes.len()]),
+            &self.all.mean.device(),
+        );
+        LatentDistribution {
+            mean: self.all.mean.clone().select(0, rows.clone()),
+            logvar: self.all.logvar.clone().select(0, rows),
+        }
+    }
 }
 
 /// One optimizer step. `vae` is on a plain device, `device` is the autodiff device of `model`.
+/// With `cache` (only for a jitter of 0) the batch's posteriors are looked up, not encoded.
 pub fn joint_step(
     model: TextFlow,
     optim: &mut ModuleOptimizer,
     vae: &AutoencoderKl,
+    cache: Option<&LatentCache>,
     tokenizer: &PromptTokenizer,
     settings: JointStep,
     device: &Device,
 ) -> Result<(TextFlow, JointLosses), TrainError> {
-    let JointStep { seed, step, batch, caption_dropout, lr } = settings;
-    let pairs = training_pairs(seed, "joint-batch", step, batch);
+    let JointStep { seed, step, batch, caption_dropout, lr, jitter } = settings;
     let vae_device = vae.encoder.conv_in.weight.val().device();
-    let images =
-        images_tensor(&pairs.iter().map(|(_, image)| image).collect::<Vec<_>>(), &vae_device);
-
-    let distribution = vae.encode(images);
+    let (scenes, distribution) = match cache {
+        Some(cache) if jitter == 0 => {
+            let scenes = training_scenes_at(seed, "joint-batch", step, batch);
+            let distribution = cache.batch(&scenes);
+            (scenes, distribution)
+        }
+        _ => {
+            let pairs = training_pairs(seed, "joint-batch", step, batch, jitter);
+            let images = images_tensor(
+                &pairs.iter().map(|(_, image)| image).collect::<Vec<_>>(),
+                &vae_device,
+            );
+            (pairs.into_iter().map(|(scene, _)| scene).collect(), vae.encode(images))
+        }
+    };
     let posterior_noise = standard_normal(
         distribution.mean.dims(),
         step_seed(seed, "latent-noise", step),
@@ -188,10 +254,10 @@ pub fn joint_step(
     let noisy = latents + augment.mul_scalar(noise_std);
 
     let dropped = dropped_captions(seed, step, batch, caption_dropout);
-    let captions: Vec<String> = pairs
+    let captions: Vec<String> = scenes
         .iter()
         .zip(&dropped)
-        .map(|((scene, _), &drop)| if drop { String::new() } else { scene.caption() })
+        .map(|(scene, &drop)| if drop { String::new() } else { scene.caption() })
         .collect();
     let prompts: Vec<&str> = captions.iter().map(String::as_str).collect();
     let tokens = tokenizer.encode_batch(&prompts)?;

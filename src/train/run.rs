@@ -17,10 +17,10 @@ use serde::{Deserialize, Serialize};
 
 use super::batch::learning_rate;
 use super::eval::write_sample_grid;
-use super::joint::{JointStep, build_text_flow, joint_step};
+use super::joint::{JointStep, LatentCache, build_text_flow, joint_step};
 use super::params::stable_hash;
 use super::tokenizer::train_tokenizer;
-use super::vae::{build_autoencoder, held_out_psnr, measure_scaling_factor, vae_step};
+use super::vae::{VaeStep, build_autoencoder, held_out_psnr, measure_scaling_factor, vae_step};
 use super::{LossPoint, Stage, TrainError, TrainEvent, TrainOptions, TrainReport};
 use crate::autoencoder::AutoencoderKl;
 use crate::checkpoint::{NamedTensor, TensorFile, write_safetensors};
@@ -218,16 +218,15 @@ pub fn run_training(
         for step in start..stage.steps {
             let started = Instant::now();
             let lr = learning_rate(stage.lr, step, stage.steps, stage.warmup);
-            let (next, losses) = vae_step(
-                vae,
-                &mut optim,
-                options.seed,
+            let settings = VaeStep {
+                seed: options.seed,
                 step,
-                stage.batch,
-                options.kl_weight,
+                batch: stage.batch,
+                kl_weight: options.kl_weight,
+                foreground_weight: options.foreground_weight,
                 lr,
-                &train_device,
-            )?;
+            };
+            let (next, losses) = vae_step(vae, &mut optim, settings, &train_device)?;
             vae = next;
             vae_secs.push(started.elapsed().as_secs_f64());
             let point = LossPoint {
@@ -312,6 +311,7 @@ pub fn run_training(
         optim = load_optimizer(optim, &folder.join(OPTIMIZER_FILE))?;
     }
     let start = state.joint_steps_done;
+    let cache = (options.flow_jitter == 0 && start < stage.steps).then(|| LatentCache::build(&vae));
     let mut joint_secs = Vec::new();
     let _ =
         progress(&TrainEvent::Stage { stage: Stage::Joint, steps: stage.steps, start_step: start });
@@ -323,10 +323,18 @@ pub fn run_training(
             step,
             batch: stage.batch,
             caption_dropout: options.caption_dropout,
+            jitter: options.flow_jitter,
             lr,
         };
-        let (next, losses) =
-            joint_step(model, &mut optim, &vae, &tokenizer, settings, &train_device)?;
+        let (next, losses) = joint_step(
+            model,
+            &mut optim,
+            &vae,
+            cache.as_ref(),
+            &tokenizer,
+            settings,
+            &train_device,
+        )?;
         model = next;
         joint_secs.push(started.elapsed().as_secs_f64());
         let point = LossPoint {
