@@ -16,7 +16,9 @@ use starflow_studio::train::joint::{
     JointStep, LatentCache, build_text_flow, joint_step, tiny_text_config,
 };
 use starflow_studio::train::tokenizer::train_tokenizer;
-use starflow_studio::train::vae::{VaeStep, build_autoencoder, tiny_autoencoder_config, vae_step};
+use starflow_studio::train::vae::{
+    VaeStep, build_autoencoder, decoder_step, tiny_autoencoder_config, vae_step,
+};
 use starflow_studio::train::{
     Stage, TrainError, TrainEvent, TrainOptions, TrainReport, eval_default, run_training,
 };
@@ -79,6 +81,32 @@ fn a_few_autoencoder_steps_reduce_the_reconstruction_loss() {
     }
     println!("autoencoder mse per step: {losses:?}");
     assert!(losses[FIT_STEPS - 1] < 0.8 * losses[0], "{losses:?}");
+}
+
+#[test]
+fn the_decoder_stage_trains_the_decoder_and_leaves_the_encoder_alone() {
+    let device = Device::flex().autodiff();
+    let config = tiny_autoencoder_config();
+    let (vae, keys) = build_autoencoder(&config, 1, &device, None).expect("builds");
+    let before = keys.export(&vae);
+    let (frozen, _) = build_autoencoder(&config, 1, &Device::flex(), None).expect("builds");
+    let mut optim = burn_optim::AdamWConfig::new().with_weight_decay(0.0).init();
+    let settings =
+        VaeStep { seed: 2, step: 0, batch: 2, kl_weight: 0.0, foreground_weight: 10.0, lr: 1e-2 };
+    let (vae, losses) = decoder_step(vae, &mut optim, &frozen, settings, &device).expect("steps");
+    assert!(losses.reconstruction.is_finite());
+    let after = keys.export(&vae);
+    let changed = |prefix: &str| {
+        before
+            .iter()
+            .zip(&after)
+            .filter(|(b, _)| b.key.starts_with(prefix))
+            .map(|(b, a)| b.values != a.values)
+            .collect::<Vec<bool>>()
+    };
+    let (encoder, decoder) = (changed("encoder."), changed("decoder."));
+    assert!(!encoder.is_empty() && encoder.iter().all(|c| !c), "the encoder must not move");
+    assert!(decoder.iter().any(|c| *c), "the decoder must learn");
 }
 
 #[test]

@@ -28,6 +28,7 @@ impl TerminalProgress {
                 let name = match stage {
                     Stage::Autoencoder => "autoencoder",
                     Stage::Joint => "text + flow",
+                    Stage::Decoder => "decoder",
                 };
                 bar.message(&format!("{name} "));
                 self.bar = Some(bar);

@@ -2,7 +2,7 @@
 //!
 //! The checkpoint folder holds `state.json` (the options' fingerprint, the finished step of
 //! each stage, the measured scale factor and PSNR, the loss history) and one snapshot folder
-//! per stage (`autoencoder-NNNNNN/`, `joint-NNNNNN/`: weights under official keys and the
+//! per stage (`autoencoder-NNNNNN/`, `joint-NNNNNN/`, `decoder-NNNNNN/`: weights under official keys and the
 //! optimizer's burnpack). A snapshot is complete before `state.json` names it (written by
 //! rename), so a run killed at any moment resumes from a consistent step.
 
@@ -20,7 +20,9 @@ use super::eval::write_sample_grid;
 use super::joint::{JointStep, LatentCache, build_text_flow, joint_step};
 use super::params::stable_hash;
 use super::tokenizer::train_tokenizer;
-use super::vae::{VaeStep, build_autoencoder, held_out_psnr, measure_scaling_factor, vae_step};
+use super::vae::{
+    VaeStep, build_autoencoder, decoder_step, held_out_psnr, measure_scaling_factor, vae_step,
+};
 use super::{LossPoint, Stage, TrainError, TrainEvent, TrainOptions, TrainReport};
 use crate::autoencoder::AutoencoderKl;
 use crate::checkpoint::{NamedTensor, TensorFile, write_safetensors};
@@ -45,6 +47,13 @@ struct RunState {
     autoencoder_psnr_db: Option<f64>,
     joint_steps_done: usize,
     joint_snapshot: Option<String>,
+    #[serde(default)]
+    decoder_steps_done: usize,
+    #[serde(default)]
+    decoder_snapshot: Option<String>,
+    /// Set once the decoder stage is finished, its weights written into `vae/`, and measured.
+    #[serde(default)]
+    decoder_psnr_db: Option<f64>,
     history: Vec<LossPoint>,
 }
 
@@ -109,6 +118,7 @@ fn check_options(options: &TrainOptions) -> Result<(), TrainError> {
     if options.checkpoint_every == 0
         || options.autoencoder_stage.batch == 0
         || options.joint_stage.batch == 0
+        || options.decoder_stage.batch == 0
     {
         return Err(TrainError::Options(
             "checkpoint_every and the batch sizes must be at least 1".to_string(),
@@ -182,8 +192,11 @@ pub fn run_training(
     std::fs::create_dir_all(dir).map_err(io("create the checkpoint folder", dir))?;
     let fingerprint = fingerprint(options);
     let mut state = load_state(dir, &fingerprint)?;
+    log::debug!("training options fingerprint {fingerprint}");
     let resumed_from = if state.joint_steps_done > 0 {
         Some((Stage::Joint, state.joint_steps_done))
+    } else if state.decoder_steps_done > 0 {
+        Some((Stage::Decoder, state.decoder_steps_done))
     } else if state.autoencoder_steps_done > 0 {
         Some((Stage::Autoencoder, state.autoencoder_steps_done))
     } else {
@@ -284,7 +297,87 @@ pub fn run_training(
         )));
     }
 
-    // Stage 2: the text encoder and the flow.
+    // Stage 2: the decoder, the encoder frozen (so the latents the flow learns are the
+    // autoencoder stage's; this stage and the joint one do not depend on each other).
+    let stage = &options.decoder_stage;
+    let mut decoder_secs = Vec::new();
+    if stage.steps > 0 && state.decoder_psnr_db.is_none() {
+        let frozen = AutoencoderKl::load_dir(&vae_dir, &plain)?;
+        let start_weights = match &state.decoder_snapshot {
+            Some(name) => dir.join(name).join(VAE_WEIGHTS),
+            None => vae_dir.join(VAE_WEIGHTS),
+        };
+        let resume = TensorFile::open(&start_weights)?;
+        let (mut tuned, vae_keys) =
+            build_autoencoder(&options.autoencoder, options.seed, &train_device, Some(&resume))?;
+        let mut optim = AdamWConfig::new().with_weight_decay(0.0).init();
+        if let Some(name) = &state.decoder_snapshot {
+            optim = load_optimizer(optim, &dir.join(name).join(OPTIMIZER_FILE))?;
+        }
+        let start = state.decoder_steps_done;
+        let _ = progress(&TrainEvent::Stage {
+            stage: Stage::Decoder,
+            steps: stage.steps,
+            start_step: start,
+        });
+        for step in start..stage.steps {
+            let started = Instant::now();
+            let settings = VaeStep {
+                seed: options.seed,
+                step,
+                batch: stage.batch,
+                kl_weight: 0.0,
+                foreground_weight: options.foreground_weight,
+                lr: learning_rate(stage.lr, step, stage.steps, stage.warmup),
+            };
+            let (next, losses) = decoder_step(tuned, &mut optim, &frozen, settings, &train_device)?;
+            tuned = next;
+            decoder_secs.push(started.elapsed().as_secs_f64());
+            let point = LossPoint {
+                stage: Stage::Decoder,
+                step,
+                loss: losses.reconstruction,
+                bits_per_dim: None,
+            };
+            state.history.push(point);
+            let stop = progress(&TrainEvent::Step {
+                point,
+                steps: stage.steps,
+                step_secs: started.elapsed().as_secs_f64(),
+            });
+            let done = step + 1;
+            if done % options.checkpoint_every == 0 || done == stage.steps {
+                let name = format!("decoder-{done:06}");
+                let weights = [(VAE_WEIGHTS, vae_keys.export(&tuned))];
+                let folder = write_snapshot(dir, &name, &weights, &optim)?;
+                let old = state.decoder_snapshot.replace(name.clone());
+                state.decoder_steps_done = done;
+                write_json(&dir.join(STATE_FILE), &state)?;
+                remove_old_snapshot(dir, old.as_deref(), &name);
+                let _ = progress(&TrainEvent::Checkpoint {
+                    stage: Stage::Decoder,
+                    step: done,
+                    path: folder,
+                });
+            }
+            if stop.is_break() {
+                return Err(TrainError::Stopped { stage: Stage::Decoder, step: done });
+            }
+        }
+        // The tuned weights replace the autoencoder's (its encoder is unchanged: it received
+        // no gradients), then measured through the strict loader.
+        let weights_path = vae_dir.join(VAE_WEIGHTS);
+        write_safetensors(&weights_path, &vae_keys.export(&tuned))
+            .map_err(io("write the autoencoder", &weights_path))?;
+        let psnr = held_out_psnr(&AutoencoderKl::load_dir(&vae_dir, &plain)?, &plain)?;
+        state.decoder_psnr_db = Some(psnr);
+        write_json(&dir.join(STATE_FILE), &state)?;
+        let _ = progress(&TrainEvent::Note(format!(
+            "decoder: held-out PSNR {psnr:.2} dB after fine-tuning"
+        )));
+    }
+
+    // Stage 3: the text encoder and the flow.
     let vae = AutoencoderKl::load_dir(&vae_dir, &plain)?;
     let tokenizer = PromptTokenizer::from_file(&tokenizer_path, options.flow.text_len)?;
     let mut text_config = options.text.clone();
@@ -413,9 +506,11 @@ pub fn run_training(
         ],
         scaling_factor,
         autoencoder_psnr_db: state.autoencoder_psnr_db.unwrap_or(f64::NAN),
+        decoder_psnr_db: state.decoder_psnr_db,
         history: state.history,
         autoencoder_step_secs: mean(&vae_secs),
         joint_step_secs: mean(&joint_secs),
+        decoder_step_secs: mean(&decoder_secs),
         model_bytes,
         parameters: counted,
     })

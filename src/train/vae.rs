@@ -7,7 +7,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 use burn_optim::{GradientsParams, ModuleOptimizer};
 
 use super::TrainError;
-use super::batch::{images_tensor, step_seed, training_pairs};
+use super::batch::{images_tensor, step_seed, to_device, training_pairs};
 use super::init::{InitRule, Initializer};
 use super::params::ParamKeys;
 use crate::autoencoder::config::{DOWN_BLOCK, UP_BLOCK};
@@ -152,6 +152,37 @@ pub fn vae_step(
     let losses = VaeLosses { reconstruction: scalar(mse)?, kl: scalar(kl)? };
     if !losses.reconstruction.is_finite() || !losses.kl.is_finite() {
         return Err(TrainError::NonFinite { stage: "autoencoder", step });
+    }
+    let grads = GradientsParams::from_grads(loss.backward(), &vae);
+    Ok((optim.step(lr, vae, grads), losses))
+}
+
+/// One optimizer step of the decoder on a fresh batch: `frozen` (on a plain device) encodes,
+/// `vae` (on the autodiff `device`) decodes, and only its decoder receives gradients.
+pub fn decoder_step(
+    vae: AutoencoderKl,
+    optim: &mut ModuleOptimizer,
+    frozen: &AutoencoderKl,
+    settings: VaeStep,
+    device: &Device,
+) -> Result<(AutoencoderKl, VaeLosses), TrainError> {
+    let VaeStep { seed, step, batch, foreground_weight, lr, .. } = settings;
+    let pairs = training_pairs(seed, "decoder-batch", step, batch, MAX_JITTER);
+    let images: Vec<&RgbImage> = pairs.iter().map(|(_, image)| image).collect();
+    let plain = frozen.encoder.conv_in.weight.val().device();
+    let distribution = frozen.encode(images_tensor(&images, &plain));
+    let noise =
+        standard_normal(distribution.mean.dims(), step_seed(seed, "decoder-noise", step), &plain);
+    let latents = to_device(distribution.sample(noise), device);
+    let targets = images_tensor(&images, device);
+    let weights = pixel_weights(&pairs, foreground_weight as f32, device);
+
+    let squared = (vae.decode(latents) - targets).square();
+    let loss = (squared.clone() * weights.clone()).mean().div(weights.mean());
+    let mse = squared.mean();
+    let losses = VaeLosses { reconstruction: scalar(mse)?, kl: 0.0 };
+    if !losses.reconstruction.is_finite() {
+        return Err(TrainError::NonFinite { stage: "decoder", step });
     }
     let grads = GradientsParams::from_grads(loss.backward(), &vae);
     Ok((optim.step(lr, vae, grads), losses))
