@@ -1,17 +1,23 @@
 //! The shipped default model (assets/default-model): it loads with the same strict loader as
-//! any checkpoint, stays within the size budget, and one image from a fixed seed on the CPU is
-//! read back by the dataset's attribute checker.
+//! any checkpoint, stays within the size budget, and images of held-out captions from fixed
+//! seeds on the CPU are read back by the dataset's attribute checker.
 
 use burn::tensor::Device;
 use starflow_studio::data::checker::{agree, read};
-use starflow_studio::data::shapes::{Color, Place, Scene, ShapeKind};
+use starflow_studio::data::shapes::held_out_scenes;
 use starflow_studio::model::{Guidance, NoObserver, Sampler};
 use starflow_studio::pipeline::{
     Denoise, GenerateRequest, Pipeline, default_model_available, default_model_dir,
 };
 
-/// The fixed seed of the checked image.
-const SEED: u64 = 0;
+/// Held-out captions the test generates (the first of `eval-default`'s, same seeds).
+const CHECKED_PROMPTS: usize = 8;
+/// Seed of the first image; image `i` uses `FIRST_SEED + i`, as `eval-default` does.
+const FIRST_SEED: u64 = 0;
+/// Fully right images required of the eight: the model card reports 93.5 % on 200 held-out
+/// captions, so a model at that level gets seven or eight right; six leaves room for one
+/// unlucky draw while a regression to the first release (10 %) fails at once.
+const MIN_FULLY_RIGHT: usize = 6;
 
 /// Issue #4's budget for everything under assets/.
 const MAX_ASSETS_BYTES: u64 = 20 * 1024 * 1024;
@@ -38,37 +44,43 @@ fn shipped_default_model_loads_and_fits_the_budget() {
 }
 
 #[test]
-fn shipped_default_model_draws_what_the_caption_says() {
+fn shipped_default_model_draws_what_the_captions_say() {
     let pipeline = Pipeline::load(&default_model_dir(), &Device::flex()).expect("loads");
-    let scene = Scene {
-        count: 1,
-        color: Color::Red,
-        shape: ShapeKind::Circle,
-        background: Color::Black,
-        place: Place::TopLeft,
-    };
-    let request = GenerateRequest {
-        prompt: scene.caption(),
-        negative_prompt: None,
-        class: None,
-        seed: SEED,
-        guidance: Guidance::new(
-            pipeline.config().default_guidance,
-            pipeline.config().guidance_rule,
-        ),
-        sampler: Sampler::Sequential,
-        denoise: Denoise::Score,
-    };
-    let image =
-        pipeline.generate(&request, pipeline.noise(SEED), &mut NoObserver).expect("runs").image;
-    let reading = read(&image);
-    let agreement = agree(&reading, &scene);
-    eprintln!("{}: read {reading:?}, {agreement:?}", scene.caption());
-    // The short default schedule learned backgrounds, places, single-shape counts and this
-    // shape, not yet the shape's color (it draws this red circle yellow; accuracies per
-    // attribute are in the model card), so the color is reported above but not asserted.
-    assert!(agreement.background, "background: read {:?}", reading.background);
-    assert!(agreement.place, "place: read {:?}", reading.place);
-    assert!(agreement.count, "count: read {}", reading.count);
-    assert!(agreement.shape, "shape: read {:?}", reading.shape);
+    let weight = pipeline.config().default_guidance;
+    let mut right = 0;
+    let mut attributes = [0usize; 5];
+    for (index, scene) in held_out_scenes().into_iter().take(CHECKED_PROMPTS).enumerate() {
+        // The same seeds as `eval-default`'s first images.
+        let seed = FIRST_SEED + index as u64;
+        let request = GenerateRequest {
+            prompt: scene.caption(),
+            negative_prompt: None,
+            class: None,
+            seed,
+            guidance: Guidance::new(weight, pipeline.config().guidance_rule),
+            sampler: Sampler::Sequential,
+            denoise: Denoise::Score,
+        };
+        let image =
+            pipeline.generate(&request, pipeline.noise(seed), &mut NoObserver).expect("runs").image;
+        let reading = read(&image);
+        let agreement = agree(&reading, &scene);
+        eprintln!("seed {seed}: {:?}: read {reading:?}, {agreement:?}", scene.caption());
+        right += agreement.all() as usize;
+        let flags = [
+            agreement.background,
+            agreement.count,
+            agreement.color,
+            agreement.shape,
+            agreement.place,
+        ];
+        for (count, ok) in attributes.iter_mut().zip(flags) {
+            *count += ok as usize;
+        }
+    }
+    assert!(
+        right >= MIN_FULLY_RIGHT,
+        "{right} of {CHECKED_PROMPTS} held-out captions fully right (attributes background, \
+         count, color, shape, place right: {attributes:?})"
+    );
 }

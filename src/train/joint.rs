@@ -89,8 +89,9 @@ pub fn tiny_flow_config(text_dim: usize) -> FlowConfig {
         text_dim,
         condition_deep_only: true,
         noise_std: 0.3,
-        // TODO(#4): tune on the trained model with eval-default; 2 is a first guess.
-        default_guidance: 2.0,
+        // Measured with eval-default on 200 held-out captions: fully right 92 % at 0, 93.5 % at
+        // 0.5, 91.5 % at 1 (and 80 % at 2 on an earlier snapshot): this flow needs only a nudge.
+        default_guidance: 0.5,
         max_guidance: 10.0,
         ..FlowConfig::starflow_3b_t2i_256()
     }
