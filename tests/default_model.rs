@@ -5,10 +5,8 @@
 use burn::tensor::Device;
 use starflow_studio::data::checker::{agree, read};
 use starflow_studio::data::shapes::held_out_scenes;
-use starflow_studio::model::{Guidance, NoObserver, Sampler};
-use starflow_studio::pipeline::{
-    Denoise, GenerateRequest, Pipeline, default_model_available, default_model_dir,
-};
+use starflow_studio::pipeline::{Pipeline, default_model_available, default_model_dir};
+use starflow_studio::train::eval::generate;
 
 /// Held-out captions the test generates (the first of `eval-default`'s, same seeds).
 const CHECKED_PROMPTS: usize = 8;
@@ -52,17 +50,7 @@ fn shipped_default_model_draws_what_the_captions_say() {
     for (index, scene) in held_out_scenes().into_iter().take(CHECKED_PROMPTS).enumerate() {
         // The same seeds as `eval-default`'s first images.
         let seed = FIRST_SEED + index as u64;
-        let request = GenerateRequest {
-            prompt: scene.caption(),
-            negative_prompt: None,
-            class: None,
-            seed,
-            guidance: Guidance::new(weight, pipeline.config().guidance_rule),
-            sampler: Sampler::Sequential,
-            denoise: Denoise::Score,
-        };
-        let image =
-            pipeline.generate(&request, pipeline.noise(seed), &mut NoObserver).expect("runs").image;
+        let image = generate(&pipeline, &scene.caption(), seed, weight).expect("runs");
         let reading = read(&image);
         let agreement = agree(&reading, &scene);
         eprintln!("seed {seed}: {:?}: read {reading:?}, {agreement:?}", scene.caption());

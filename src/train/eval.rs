@@ -106,8 +106,9 @@ fn accuracy(agreements: &[Agreement]) -> (f64, AttributeAccuracy) {
     (share(|a| a.all()), attributes)
 }
 
-/// One image for `prompt` from `seed` (sequential sampler, score denoising).
-fn generate(
+/// One image for `prompt` from `seed` at guidance `weight`, as eval-default draws them
+/// (sequential sampler, score denoising).
+pub fn generate(
     pipeline: &Pipeline,
     prompt: &str,
     seed: u64,

@@ -57,6 +57,46 @@ struct RunState {
     history: Vec<LossPoint>,
 }
 
+impl RunState {
+    /// The finished-steps count and snapshot name that `state.json` keeps for `stage`.
+    fn progress_of(&mut self, stage: Stage) -> (&mut usize, &mut Option<String>) {
+        match stage {
+            Stage::Autoencoder => {
+                (&mut self.autoencoder_steps_done, &mut self.autoencoder_snapshot)
+            }
+            Stage::Decoder => (&mut self.decoder_steps_done, &mut self.decoder_snapshot),
+            Stage::Joint => (&mut self.joint_steps_done, &mut self.joint_snapshot),
+        }
+    }
+
+    /// Writes `stage`'s snapshot after `done` steps, names it in `state.json` (in `dir`), drops
+    /// the previous one and reports it.
+    fn save_snapshot(
+        &mut self,
+        dir: &Path,
+        stage: Stage,
+        done: usize,
+        weights: &[(&str, Vec<NamedTensor>)],
+        optim: &ModuleOptimizer,
+        progress: &mut dyn FnMut(&TrainEvent) -> ControlFlow<()>,
+    ) -> Result<(), TrainError> {
+        let prefix = match stage {
+            Stage::Autoencoder => "autoencoder",
+            Stage::Decoder => "decoder",
+            Stage::Joint => "joint",
+        };
+        let name = format!("{prefix}-{done:06}");
+        let folder = write_snapshot(dir, &name, weights, optim)?;
+        let (steps_done, snapshot) = self.progress_of(stage);
+        let old = snapshot.replace(name.clone());
+        *steps_done = done;
+        write_json(&dir.join(STATE_FILE), &*self)?;
+        remove_old_snapshot(dir, old.as_deref(), &name);
+        let _ = progress(&TrainEvent::Checkpoint { stage, step: done, path: folder });
+        Ok(())
+    }
+}
+
 fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> TrainError + 'a {
     move |error| TrainError::Io { action, path: path.to_path_buf(), error }
 }
@@ -256,18 +296,8 @@ pub fn run_training(
             });
             let done = step + 1;
             if done % options.checkpoint_every == 0 || done == stage.steps {
-                let name = format!("autoencoder-{done:06}");
-                let folder =
-                    write_snapshot(dir, &name, &[(VAE_WEIGHTS, keys.export(&vae))], &optim)?;
-                let old = state.autoencoder_snapshot.replace(name.clone());
-                state.autoencoder_steps_done = done;
-                write_json(&dir.join(STATE_FILE), &state)?;
-                remove_old_snapshot(dir, old.as_deref(), &name);
-                let _ = progress(&TrainEvent::Checkpoint {
-                    stage: Stage::Autoencoder,
-                    step: done,
-                    path: folder,
-                });
+                let weights = [(VAE_WEIGHTS, keys.export(&vae))];
+                state.save_snapshot(dir, Stage::Autoencoder, done, &weights, &optim, progress)?;
             }
             if stop.is_break() {
                 return Err(TrainError::Stopped { stage: Stage::Autoencoder, step: done });
@@ -347,18 +377,8 @@ pub fn run_training(
             });
             let done = step + 1;
             if done % options.checkpoint_every == 0 || done == stage.steps {
-                let name = format!("decoder-{done:06}");
                 let weights = [(VAE_WEIGHTS, vae_keys.export(&tuned))];
-                let folder = write_snapshot(dir, &name, &weights, &optim)?;
-                let old = state.decoder_snapshot.replace(name.clone());
-                state.decoder_steps_done = done;
-                write_json(&dir.join(STATE_FILE), &state)?;
-                remove_old_snapshot(dir, old.as_deref(), &name);
-                let _ = progress(&TrainEvent::Checkpoint {
-                    stage: Stage::Decoder,
-                    step: done,
-                    path: folder,
-                });
+                state.save_snapshot(dir, Stage::Decoder, done, &weights, &optim, progress)?;
             }
             if stop.is_break() {
                 return Err(TrainError::Stopped { stage: Stage::Decoder, step: done });
@@ -444,18 +464,11 @@ pub fn run_training(
         });
         let done = step + 1;
         if done % options.checkpoint_every == 0 || done == stage.steps {
-            let name = format!("joint-{done:06}");
             let weights = [
                 ("text.safetensors", keys.text.export(&model.text)),
                 ("flow.safetensors", keys.flow.export(&model.flow)),
             ];
-            let folder = write_snapshot(dir, &name, &weights, &optim)?;
-            let old = state.joint_snapshot.replace(name.clone());
-            state.joint_steps_done = done;
-            write_json(&dir.join(STATE_FILE), &state)?;
-            remove_old_snapshot(dir, old.as_deref(), &name);
-            let _ =
-                progress(&TrainEvent::Checkpoint { stage: Stage::Joint, step: done, path: folder });
+            state.save_snapshot(dir, Stage::Joint, done, &weights, &optim, progress)?;
         }
         if stop.is_break() {
             return Err(TrainError::Stopped { stage: Stage::Joint, step: done });
